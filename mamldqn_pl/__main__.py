@@ -1,0 +1,3 @@
+from mamldqn_pl.cli import main
+
+main()

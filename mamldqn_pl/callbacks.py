@@ -1,0 +1,82 @@
+"""Callbacks: the target network's sync, and meta-test evaluation on validation tasks during fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from mamldqn_pl.errors import require
+
+
+class TargetNetworkSync(pl.Callback):
+    """Moves theta^- toward theta after each meta-step: Polyak averaging with `tau` > 0, else a hard copy
+    every `every_n_steps` meta-steps. theta^- never receives gradients; this is the only place it changes."""
+
+    def __init__(self, tau: float = 0.005, every_n_steps: int = 0) -> None:
+        require(0.0 <= tau <= 1.0, f"target_sync.tau: {tau} must lie in [0, 1]")
+        require(every_n_steps >= 0, f"target_sync.every_n_steps: {every_n_steps} must be >= 0")
+        require((tau > 0) != (every_n_steps > 0),
+                f"target_sync: set exactly one of tau ({tau}) > 0 or every_n_steps ({every_n_steps}) > 0")
+        self.tau = tau
+        self.every_n_steps = every_n_steps
+        self.syncs = 0
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        online, target = pl_module.net.parameters(), pl_module.target_net.parameters()
+        if self.tau > 0:
+            for t, p in zip(target, online):
+                t.lerp_(p, self.tau)
+        elif trainer.global_step % self.every_n_steps == 0:
+            for t, p in zip(target, online):
+                t.copy_(p)
+        else:
+            return
+        self.syncs += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"syncs": self.syncs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.syncs = state_dict["syncs"]
+
+
+class MetaTestEvaluation(pl.Callback):
+    """Runs the meta-test protocol on the validation tasks every `every_n_steps` meta-steps and at the last
+    step, logging meta_val/return_k{K}; ModelCheckpoint keeps the best init by the return at the trained K.
+
+    `ks` defaults to [0, trained K]. Never touches the test tasks.
+    """
+
+    def __init__(self, every_n_steps: int = 250, ks: list[int] | None = None, episodes: int = 3,
+                 seeds: list[int] | None = None) -> None:
+        require(every_n_steps >= 1, f"meta_val.every_n_steps: {every_n_steps} must be >= 1")
+        require(episodes >= 1, f"meta_val.episodes: {episodes} must be >= 1")
+        self.every_n_steps = every_n_steps
+        self.ks = ks
+        self.episodes = episodes
+        self.seeds = [0] if seeds is None else seeds
+        self.history: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps and step != trainer.max_steps:
+            return
+        ks = self.ks if self.ks is not None else sorted({0, pl_module.hparams.inner_steps})
+        protocol = pl_module.protocol(ks, self.episodes, self.seeds)
+        rows = pl_module.evaluate(trainer.datamodule.val_tasks, protocol)
+        result = {"step": step}
+        for k in ks:
+            values = [r["return"] for r in rows if r["k"] == k]
+            result[f"meta_val/return_k{k}"] = sum(values) / len(values)
+        self.history.append(result)
+        pl_module.log_dict({k: v for k, v in result.items() if k != "step"}, on_step=True, on_epoch=False,
+                           prog_bar=True, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])

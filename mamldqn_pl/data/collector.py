@@ -1,0 +1,61 @@
+"""Steps a batched task environment with an epsilon-greedy policy and writes each transition to its task's buffer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mamldqn_pl.data.replay import ReplayBuffers
+
+QValues = Callable[[Tensor], Tensor]  # observations [n, obs_dim] -> action values [n, n_actions]
+
+
+def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator) -> Tensor:
+    """Greedy actions, each replaced by a uniform random action with probability epsilon."""
+    n, n_actions = q.shape
+    explore = torch.rand(n, generator=generator) < epsilon
+    random_actions = torch.randint(n_actions, (n,), generator=generator)
+    return torch.where(explore, random_actions, q.argmax(dim=-1).cpu())
+
+
+class Collector:
+    """Owns nothing but bookkeeping: which slot steps, its running episode return, its env-step count."""
+
+    def __init__(self, env, buffers: ReplayBuffers, generator: torch.Generator) -> None:
+        self.env = env
+        self.buffers = buffers
+        self.generator = generator
+        n = len(env)
+        self.running_return = torch.zeros(n, dtype=torch.float64)
+        self.env_steps = torch.zeros(n, dtype=torch.long)
+        self.finished_returns: list[float] = []
+
+    def restart(self, slots: np.ndarray) -> None:
+        """Slots that got a new task: new episode, empty buffer, zero counters."""
+        self.env.reset(slots)
+        self.buffers.clear(torch.as_tensor(slots))
+        self.running_return[slots] = 0.0
+        self.env_steps[slots] = 0
+
+    @torch.no_grad()
+    def step(self, slots: np.ndarray, q_values: QValues, epsilon: float) -> None:
+        """One env step in each of `slots` with epsilon-greedy actions on q_values."""
+        obs = torch.from_numpy(self.env.obs[slots])
+        actions = epsilon_greedy(q_values(obs), epsilon, self.generator)
+        next_obs, reward, terminated, truncated = self.env.step(actions.numpy(), slots)
+        tasks = torch.as_tensor(slots)
+        self.buffers.add(tasks, obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
+                         torch.from_numpy(terminated))
+        self.env_steps[tasks] += 1
+        self.running_return[tasks] += torch.from_numpy(reward).double()
+        done = torch.from_numpy(terminated | truncated)
+        if done.any():
+            self.finished_returns.extend(self.running_return[tasks[done]].tolist())
+            self.running_return[tasks[done]] = 0.0
+
+    def pop_finished_returns(self) -> list[float]:
+        out, self.finished_returns = self.finished_returns, []
+        return out

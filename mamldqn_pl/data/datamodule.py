@@ -1,0 +1,223 @@
+"""The LightningDataModule: task sets, the batched environment, one replay buffer per task, meta-batches.
+
+Data flows one way: tasks -> env/collector -> buffers -> support/query batches. The only thing that comes
+back from the module is the policy used to collect (`attach_policy`), as in any DQN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from mamldqn_pl.data.collector import Collector, QValues
+from mamldqn_pl.data.replay import ReplayBuffers
+from mamldqn_pl.errors import require
+from mamldqn_pl.seeding import make_generator
+from mamldqn_pl.tasks import Task, make_family
+
+DEFAULT_RANGES = {"length": [0.25, 1.0], "masspole": [0.05, 0.5], "masscart": [0.5, 2.0], "force_mag": [5.0, 15.0]}
+
+
+class _MetaBatches(IterableDataset):
+    """Endless stream of meta-batches; collection happens in the main process (num_workers=0)."""
+
+    def __init__(self, datamodule: MetaDQNDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            yield self.datamodule.next_batch()
+
+
+class MetaDQNDataModule(pl.LightningDataModule):
+    """Owns the task pool, its environments and buffers, and yields one support/query batch per meta-step.
+
+    Args:
+        family: task family name (`cartpole`).
+        ranges: {parameter: [low, high]} for training and validation tasks.
+        test_ranges: ranges for the held-out test tasks (default: `ranges`).
+        flip: draw a hidden action flip (force sign +-1) per task.
+        pool_size: tasks in the training pool at once.
+        tasks_per_batch: tasks sampled per meta-step (m).
+        collect_steps: env steps per sampled task per meta-step.
+        support_size, query_size: transitions per task in the support and query batches (disjoint).
+        buffer_capacity: transitions kept per task.
+        adapt_budget: env steps a new task is warm-started with (epsilon_adapt-greedy on the current init),
+            the same as the meta-test protocol's support collection.
+        epsilon_adapt: exploration of that warm start and of meta-test support collection.
+        learning_starts: transitions in each buffer before it is sampled (>= support_size + query_size).
+        retire_after: env steps after which a pool task is replaced by a freshly sampled one (0: never).
+        n_val_tasks, n_test_tasks: sizes of the validation and held-out test task sets.
+        train_seed, val_seed, test_seed: seeds of the three task sets (must differ).
+    """
+
+    def __init__(
+        self,
+        family: str = "cartpole",
+        ranges: dict[str, list[float]] | None = None,
+        test_ranges: dict[str, list[float]] | None = None,
+        flip: bool = True,
+        pool_size: int = 64,
+        tasks_per_batch: int = 32,
+        collect_steps: int = 4,
+        support_size: int = 128,
+        query_size: int = 128,
+        buffer_capacity: int = 2000,
+        adapt_budget: int = 200,
+        epsilon_adapt: float = 0.25,
+        learning_starts: int = 256,
+        retire_after: int = 2000,
+        n_val_tasks: int = 16,
+        n_test_tasks: int = 20,
+        train_seed: int = 0,
+        val_seed: int = 1,
+        test_seed: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        ranges = DEFAULT_RANGES if ranges is None else ranges
+        self.family = make_family(family, ranges, flip, "data.ranges")
+        self.test_family = make_family(family, ranges if test_ranges is None else test_ranges, flip,
+                                       "data.test_ranges")
+        for name in ("pool_size", "tasks_per_batch", "collect_steps", "support_size", "query_size",
+                     "buffer_capacity", "n_val_tasks", "n_test_tasks"):
+            value = self.hparams[name]
+            require(isinstance(value, int) and value >= 1, f"data.{name}: {value!r} must be an integer >= 1")
+        require(tasks_per_batch <= pool_size,
+                f"data.tasks_per_batch: {tasks_per_batch} exceeds the task pool (data.pool_size = {pool_size})")
+        need = support_size + query_size
+        require(learning_starts >= need,
+                f"data.learning_starts: {learning_starts} is below support_size + query_size = {need}")
+        require(adapt_budget >= 0, f"data.adapt_budget: {adapt_budget} must be >= 0")
+        require(learning_starts >= adapt_budget,
+                f"data.learning_starts: {learning_starts} is below data.adapt_budget = {adapt_budget}")
+        require(buffer_capacity >= learning_starts,
+                f"data.buffer_capacity: {buffer_capacity} is below data.learning_starts = {learning_starts}")
+        require(0.0 <= epsilon_adapt <= 1.0, f"data.epsilon_adapt: {epsilon_adapt} must lie in [0, 1]")
+        require(retire_after == 0 or retire_after > learning_starts,
+                f"data.retire_after: {retire_after} must be 0 (never) or above learning_starts = {learning_starts}")
+        require(len({train_seed, val_seed, test_seed}) == 3,
+                f"data seeds must differ: train {train_seed}, val {val_seed}, test {test_seed}")
+        self.obs_dim = self.family.obs_dim
+        self.n_actions = self.family.n_actions
+        self.obs_scale = list(self.family.obs_scale)
+        self.val_tasks: list[Task] = self.family.sample(n_val_tasks, make_generator(val_seed), balanced=True)
+        self.test_tasks: list[Task] = self.test_family.sample(n_test_tasks, make_generator(test_seed),
+                                                                  balanced=True)
+        self._q_values: QValues | None = None
+        self._epsilon: Callable[[], float] = lambda: 1.0
+        self._built = False
+
+    # ---- wiring -------------------------------------------------------------------------------------------
+    def attach_policy(self, q_values: QValues, epsilon: Callable[[], float]) -> None:
+        """The module's current Q-function (obs -> values, on CPU) and exploration schedule, used to collect."""
+        self._q_values, self._epsilon = q_values, epsilon
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not self._built:
+            self._build(rank=self.trainer.global_rank if self.trainer is not None else 0)
+
+    def _build(self, rank: int) -> None:
+        hp = self.hparams
+        self.task_generator = make_generator(hp.train_seed, rank, 0)
+        self.generator = make_generator(hp.train_seed, rank, 1)
+        self.pool: list[Task] = self.family.sample(hp.pool_size, self.task_generator)
+        self.env = self.family.batched(self.pool, make_generator(hp.train_seed, rank, 2))
+        self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim)
+        self.collector = Collector(self.env, self.buffers, self.generator)
+        self.warm = np.zeros(hp.pool_size, dtype=bool)
+        self._built = True
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_MetaBatches(self), batch_size=None, num_workers=0)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=None)  # the meta-test protocol runs in the module's test hooks
+
+    # ---- one meta-batch -----------------------------------------------------------------------------------
+    def _warm_start(self, slots: np.ndarray) -> None:
+        """New tasks, like at meta-test: adapt_budget steps of the init at epsilon_adapt, then top up."""
+        hp = self.hparams
+        self.collector.restart(slots)
+        for _ in range(hp.adapt_budget):
+            self.collector.step(slots, self._q_values, hp.epsilon_adapt)
+        for _ in range(hp.learning_starts - hp.adapt_budget):
+            self.collector.step(slots, self._q_values, self._epsilon())
+        self.warm[slots] = True
+
+    def _retire(self) -> None:
+        hp = self.hparams
+        if hp.retire_after == 0:
+            return
+        old = np.flatnonzero(self.collector.env_steps.numpy() >= hp.retire_after)
+        if len(old):
+            fresh = self.family.sample(len(old), self.task_generator)
+            for slot, task in zip(old.tolist(), fresh):
+                self.pool[slot] = task
+            self.env.set_tasks(old, fresh)
+            self.warm[old] = False
+
+    def next_batch(self) -> dict:
+        """Collect with the current policy, then draw disjoint support/query batches for m sampled tasks."""
+        if self._q_values is None:
+            raise RuntimeError("no policy attached: the module calls attach_policy() in setup()")
+        hp = self.hparams
+        if not self.warm.all():
+            self._warm_start(np.flatnonzero(~self.warm))
+        tasks = torch.randperm(hp.pool_size, generator=self.generator)[: hp.tasks_per_batch]
+        slots = tasks.numpy()
+        epsilon = self._epsilon()
+        for _ in range(hp.collect_steps):
+            self.collector.step(slots, self._q_values, epsilon)
+        support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
+        self._retire()
+        return {
+            "support": support,
+            "query": query,
+            "tasks": tasks,
+            "episode_returns": torch.tensor(self.collector.pop_finished_returns(), dtype=torch.float32),
+            "env_steps": torch.tensor(len(slots) * hp.collect_steps),
+        }
+
+    # ---- checkpointing ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if not self._built:
+            return {}
+        return {
+            "pool": [{"params": t.params, "flip": t.flip} for t in self.pool],
+            "buffers": self.buffers.state_dict(),
+            "env_state": torch.from_numpy(self.env.state.copy()),
+            "env_elapsed": torch.from_numpy(self.env.elapsed.copy()),
+            "running_return": self.collector.running_return.clone(),
+            "env_steps": self.collector.env_steps.clone(),
+            "warm": torch.from_numpy(self.warm.copy()),
+            "rng": {
+                "task": self.task_generator.get_state(),
+                "collect": self.generator.get_state(),
+                "env": self.env.generator.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if not self._built:
+            self._build(rank=self.trainer.global_rank if self.trainer is not None else 0)
+        require(len(state["pool"]) == self.hparams.pool_size,
+                f"checkpoint has a task pool of {len(state['pool'])}, this config data.pool_size = "
+                f"{self.hparams.pool_size}")
+        self.pool = [Task(params=t["params"], flip=t["flip"], index=i) for i, t in enumerate(state["pool"])]
+        self.env.set_tasks(np.arange(len(self.pool)), self.pool)
+        self.env.state[:] = state["env_state"].numpy()
+        self.env.elapsed[:] = state["env_elapsed"].numpy()
+        self.buffers.load_state_dict(state["buffers"])
+        self.collector.running_return = state["running_return"].clone()
+        self.collector.env_steps = state["env_steps"].clone()
+        self.warm = state["warm"].numpy().copy()
+        self.task_generator.set_state(state["rng"]["task"])
+        self.generator.set_state(state["rng"]["collect"])
+        self.env.generator.set_state(state["rng"]["env"])

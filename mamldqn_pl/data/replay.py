@@ -1,0 +1,68 @@
+"""One ring buffer per task, kept as stacked tensors [tasks, capacity, ...] so that many tasks sample in one op."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+class ReplayBuffers:
+    """Per-task ring buffers of (s, a, r, s', terminated); tensors only, so checkpoints load with weights_only."""
+
+    def __init__(self, n_tasks: int, capacity: int, obs_dim: int) -> None:
+        self.capacity = capacity
+        self.obs = torch.zeros(n_tasks, capacity, obs_dim)
+        self.next_obs = torch.zeros(n_tasks, capacity, obs_dim)
+        self.actions = torch.zeros(n_tasks, capacity, dtype=torch.long)
+        self.rewards = torch.zeros(n_tasks, capacity)
+        self.terminated = torch.zeros(n_tasks, capacity)
+        self.pos = torch.zeros(n_tasks, dtype=torch.long)
+        self.size = torch.zeros(n_tasks, dtype=torch.long)
+
+    def add(self, tasks: Tensor, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
+            terminated: Tensor) -> None:
+        """Append one transition to each of the (distinct) buffers `tasks`."""
+        pos = self.pos[tasks]
+        self.obs[tasks, pos] = obs
+        self.actions[tasks, pos] = actions
+        self.rewards[tasks, pos] = rewards
+        self.next_obs[tasks, pos] = next_obs
+        self.terminated[tasks, pos] = terminated.float()
+        self.pos[tasks] = (pos + 1) % self.capacity
+        self.size[tasks] = torch.clamp(self.size[tasks] + 1, max=self.capacity)
+
+    def clear(self, tasks: Tensor) -> None:
+        """Empty the buffers `tasks` (a task was replaced by a new one)."""
+        self.pos[tasks] = 0
+        self.size[tasks] = 0
+
+    def gather(self, tasks: Tensor, slots: Tensor) -> dict[str, Tensor]:
+        """Transitions at `slots` [m, n] of buffers `tasks` [m], each field shaped [m, n, ...]."""
+        rows = tasks.unsqueeze(1)
+        return {name: getattr(self, name)[rows, slots] for name in FIELDS}
+
+    def sample_disjoint(
+        self, tasks: Tensor, n_support: int, n_query: int, generator: torch.Generator
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Support and query batches per task, drawn without replacement: they never share a transition."""
+        need = n_support + n_query
+        short = self.size[tasks] < need
+        if short.any():
+            raise RuntimeError(f"buffers {tasks[short].tolist()} hold fewer than {need} transitions")
+        keys = torch.rand(len(tasks), self.capacity, generator=generator)
+        keys[torch.arange(self.capacity).unsqueeze(0) >= self.size[tasks].unsqueeze(1)] = 2.0  # empty slots last
+        slots = keys.argsort(dim=1)[:, :need]
+        return self.gather(tasks, slots[:, :n_support]), self.gather(tasks, slots[:, n_support:])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name).clone() for name in (*FIELDS, "pos", "size")}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, value in state.items():
+            current = getattr(self, name)
+            if current.shape != value.shape:
+                raise ValueError(f"replay buffer field {name}: checkpoint shape {tuple(value.shape)} "
+                                 f"does not match this config's {tuple(current.shape)}")
+            setattr(self, name, value.clone())

@@ -1,0 +1,84 @@
+"""The Q-network and the split of its parameters into the fast (inner-loop) and shared parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+FastWeights = dict[str, Tensor]
+QFn = Callable[[FastWeights, Tensor], Tensor]
+ADAPT_MODES = ("all", "head")
+
+
+class Scale(nn.Module):
+    """Divides observations by fixed typical magnitudes (a buffer, never trained or adapted)."""
+
+    def __init__(self, scale: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(list(scale), dtype=torch.float32))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return obs / self.scale
+
+
+class QNetwork(nn.Module):
+    """MLP Q(s, .): `body` maps observations to features, `head` (one Linear) maps features to action values."""
+
+    def __init__(
+        self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64), obs_scale: Sequence[float] | None = None
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [Scale(obs_scale if obs_scale is not None else [1.0] * obs_dim)]
+        width = obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_actions)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.head(self.body(obs))
+
+
+def _strip(params: FastWeights, prefix: str) -> FastWeights:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+@dataclass(frozen=True)
+class AdaptSplit:
+    """How the inner loop sees the network: `encode` runs the shared part once, `q_fn` runs the fast part.
+
+    With adapt="head" (ANIL) the body is fixed during the inner loop, so its features are computed once per
+    meta-step and only the head's small matrices go through the K inner steps. With adapt="all" (full MAML)
+    `encode` is the identity and `q_fn` is the whole network.
+    """
+
+    fast: FastWeights
+    encode: Callable[[Tensor], Tensor]
+    q_fn: QFn
+
+
+def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> AdaptSplit:
+    """Split `params` (a dict of net's parameters, e.g. dict(net.named_parameters())) by adaptation mode."""
+    if adapt == "head":
+        body = _strip(params, "body.")
+        return AdaptSplit(
+            fast={k: v for k, v in params.items() if k.startswith("head.")},
+            encode=lambda obs: functional_call(net.body, body, (obs,)),
+            q_fn=lambda fast, x: functional_call(net.head, _strip(fast, "head."), (x,)),
+        )
+    if adapt == "all":
+        return AdaptSplit(
+            fast=dict(params), encode=lambda obs: obs, q_fn=lambda fast, x: functional_call(net, fast, (x,))
+        )
+    raise ValueError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
+
+
+def batched_q(net: QNetwork, params: FastWeights, fast: FastWeights, obs: Tensor) -> Tensor:
+    """Q-values of many adapted networks at once: fast weights and obs carry a leading slot dimension."""
+    shared = {k: v for k, v in params.items() if k not in fast}
+    return torch.func.vmap(lambda f, o: functional_call(net, {**shared, **f}, (o,)))(fast, obs)

@@ -1,0 +1,25 @@
+"""The DQN temporal-difference loss as pure functions (no modules, no state), so each can be tested alone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TD_LOSSES = ("huber", "mse")
+
+
+def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float) -> Tensor:
+    """r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-); bootstraps through truncation, never termination."""
+    with torch.no_grad():
+        return rewards + gamma * (1.0 - terminated) * next_q_target.max(dim=-1).values
+
+
+def td_loss(q: Tensor, actions: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
+    """Mean TD error of Q(s, a) against a fixed target; `q` holds all actions' values, shape [..., N, A]."""
+    q_sa = q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    if kind == "huber":
+        return F.smooth_l1_loss(q_sa, target)
+    if kind == "mse":
+        return F.mse_loss(q_sa, target)
+    raise ValueError(f"td loss must be one of {TD_LOSSES}, got {kind!r}")

@@ -1,0 +1,202 @@
+"""The LightningModule: one meta-step reads like the seed's algorithm (design.md section 1, steps 1-7).
+
+The inner DQN steps are pure torch.func code (mamldqn_pl.meta); this module only holds theta and theta^-,
+builds the per-task batches, takes one manual_backward of the meta-loss per meta-step, and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+
+from mamldqn_pl.errors import ConfigError, require
+from mamldqn_pl.evaluation import Protocol, evaluate_init, evaluate_scratch
+from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation, td_target
+from mamldqn_pl.meta.qnet import AdaptSplit
+from mamldqn_pl.report import format_table, write_report
+
+
+class MAMLDQN(pl.LightningModule):
+    """Meta-learns a DQN initialisation theta with MAML (or ANIL with adapt="head").
+
+    Args:
+        obs_dim, n_actions, obs_scale: linked from the data module; never typed twice.
+        hidden: widths of the body's hidden layers.
+        adapt: "head" (ANIL: only the last layer adapts) or "all" (full MAML, the seed's form).
+        first_order: drop second-order terms of the meta-gradient (FOMAML).
+        inner_steps, inner_lr: K and alpha of the inner loop (also the meta-test defaults).
+        meta_lr: Adam learning rate beta of the outer step.
+        gamma: discount; td_loss: "huber" or "mse"; meta_reduction: "mean" or "sum" (the seed) over tasks.
+        grad_clip: max norm of the meta-gradient (0: off).
+        epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration schedule over meta-steps.
+        num_threads: torch CPU threads; 1 suits small networks on a busy small CPU.
+        test_ks, test_episodes, test_seeds: the meta-test protocol of `mamldqn test`.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int = 4,
+        n_actions: int = 2,
+        obs_scale: list[float] | None = None,
+        hidden: list[int] | None = None,
+        adapt: Literal["head", "all"] = "head",
+        first_order: bool = False,
+        inner_steps: int = 3,
+        inner_lr: float = 0.05,
+        meta_lr: float = 1e-3,
+        gamma: float = 0.99,
+        td_loss: Literal["huber", "mse"] = "huber",
+        meta_reduction: Literal["mean", "sum"] = "mean",
+        grad_clip: float = 10.0,
+        epsilon_start: float = 1.0,
+        epsilon_end: float = 0.05,
+        epsilon_decay_steps: int = 2000,
+        num_threads: int | None = 1,
+        test_ks: list[int] | None = None,
+        test_episodes: int = 5,
+        test_seeds: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # under LightningCLI these are the config's values, None included
+        hidden = [64, 64] if hidden is None else hidden
+        self.test_ks = [0, 1, 3, 5, 10] if test_ks is None else test_ks
+        self.test_seeds = [0, 1, 2] if test_seeds is None else test_seeds
+        require(inner_steps >= 0, f"model.inner_steps: {inner_steps} must be >= 0")
+        require(inner_lr > 0, f"model.inner_lr: {inner_lr} must be > 0")
+        require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
+        require(0.0 <= gamma <= 1.0, f"model.gamma: {gamma} must lie in [0, 1]")
+        require(grad_clip >= 0, f"model.grad_clip: {grad_clip} must be >= 0 (0 turns clipping off)")
+        require(all(h >= 1 for h in hidden), f"model.hidden: {hidden} must be positive widths")
+        require(all(k >= 0 for k in self.test_ks), f"model.test_ks: {self.test_ks} must be >= 0")
+        require(len(self.test_seeds) >= 1, "model.test_seeds: give at least one evaluation seed")
+        require(epsilon_decay_steps >= 1, f"model.epsilon_decay_steps: {epsilon_decay_steps} must be >= 1")
+        for name in ("epsilon_start", "epsilon_end"):
+            require(0.0 <= self.hparams[name] <= 1.0, f"model.{name}: {self.hparams[name]} must lie in [0, 1]")
+        require(num_threads is None or num_threads >= 1, f"model.num_threads: {num_threads} must be >= 1")
+        self.automatic_optimization = False
+        self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale)
+        self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
+        self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=first_order, loss=td_loss)
+        self.episode_return = MeanMetric()
+        self._last_step_time: float | None = None
+
+    # ---- wiring -------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.num_threads:
+            torch.set_num_threads(self.hparams.num_threads)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None:
+            datamodule.attach_policy(self.q_values, self.epsilon)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.meta_lr)
+
+    @torch.no_grad()
+    def q_values(self, obs: Tensor) -> Tensor:
+        """Q(s, .) of the current initialisation theta, for collection (on CPU in, CPU out)."""
+        return self.net(obs.to(self.device)).cpu()
+
+    def epsilon(self) -> float:
+        hp = self.hparams
+        frac = min(1.0, self.global_step / hp.epsilon_decay_steps)
+        return hp.epsilon_start + frac * (hp.epsilon_end - hp.epsilon_start)
+
+    # ---- the meta-objective -------------------------------------------------------------------------------
+    def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Inputs of the fast part and fixed TD targets from theta^- for a [tasks, N] batch."""
+        next_q = self.target_net(data["next_obs"])
+        return {
+            "x": split.encode(data["obs"]),
+            "actions": data["actions"],
+            "target": td_target(data["rewards"], data["terminated"], next_q, self.hparams.gamma),
+        }
+
+    def meta_objective(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Meta-loss L_M(theta) and, per task, the query TD loss before and after adaptation."""
+        split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.hparams.adapt)
+        support = self._inner_batch(split, batch["support"])
+        query = self._inner_batch(split, batch["query"])
+        post = self.inner.meta_losses(split.q_fn, split.fast, support, query)
+        with torch.no_grad():
+            pre = self.inner.losses_before(split.q_fn, split.fast, query)
+        meta_loss = post.sum() if self.hparams.meta_reduction == "sum" else post.mean()
+        return meta_loss, pre, post.detach()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        meta_loss, pre, post = self.meta_objective(batch)
+        if not torch.isfinite(meta_loss):
+            raise FloatingPointError(f"meta-loss is {meta_loss.item()} at meta-step {self.global_step}")
+        opt.zero_grad()
+        self.manual_backward(meta_loss)
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        self._log_step(batch, meta_loss, pre, post)
+        return meta_loss.detach()
+
+    def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor, post: Tensor) -> None:
+        now = time.perf_counter()
+        logs = {
+            "train/meta_loss": meta_loss.detach(),
+            "train/query_loss_pre": pre.mean(),
+            "train/query_loss_post": post.mean(),
+            "train/epsilon": self.epsilon(),
+        }
+        if self._last_step_time is not None:
+            dt = now - self._last_step_time
+            logs["perf/meta_steps_per_s"] = 1.0 / dt
+            logs["perf/env_steps_per_s"] = float(batch["env_steps"]) / dt
+        self._last_step_time = now
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+        returns = batch["episode_returns"]
+        if returns.numel():
+            self.episode_return.update(returns)
+        if self.global_step % self.trainer.log_every_n_steps == 0 and self.episode_return.update_count:
+            self.log("train/episode_return", self.episode_return.compute(), on_step=True, prog_bar=True,
+                     batch_size=1)
+            self.episode_return.reset()
+
+    # ---- meta-test ----------------------------------------------------------------------------------------
+    def protocol(self, ks: list[int], episodes: int, seeds: list[int]) -> Protocol:
+        """The meta-test protocol with the data module's support budget and exploration."""
+        data = self.trainer.datamodule.hparams
+        return Protocol(adapt_budget=data.adapt_budget, epsilon_adapt=data.epsilon_adapt, ks=tuple(ks),
+                        episodes=episodes, seeds=tuple(seeds))
+
+    def evaluate(self, tasks: list, protocol: Protocol, scratch: bool = False) -> list[dict]:
+        """Rows of the protocol on `tasks` for theta, and for fresh random inits too if `scratch`."""
+        family = self.trainer.datamodule.family
+        hp = self.hparams
+        rows = evaluate_init(self.net, dict(self.net.named_parameters()), family, tasks, hp.adapt, self.inner,
+                             hp.gamma, protocol, label="meta-init")
+        if scratch:
+            rows += evaluate_scratch(self.net, family, tasks, hp.adapt, self.inner, hp.gamma, protocol)
+        return rows
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """Nothing per batch: the whole protocol runs once in on_test_epoch_end."""
+
+    def on_test_epoch_end(self) -> None:
+        hp = self.hparams
+        dm = self.trainer.datamodule
+        if dm is None:
+            raise ConfigError("mamldqn test needs the data module (data: in the config)")
+        protocol = self.protocol(self.test_ks, hp.test_episodes, self.test_seeds)
+        rows = self.evaluate(dm.test_tasks, protocol, scratch=True)
+        meta = {"ckpt_path": self.trainer.ckpt_path, "protocol": protocol.__dict__, "model": dict(hp),
+                "data": dict(dm.hparams), "n_tasks": len(dm.test_tasks)}
+        summary = write_report(rows, self.trainer.default_root_dir, meta)
+        for s in summary:
+            if s["init"] == "meta-init" and s["group"] == "all":
+                self.log(f"meta_test/return_k{s['k']}", s["mean"], batch_size=1)
+        self.print(f"\nAdaptation on {len(dm.test_tasks)} held-out tasks x {len(protocol.seeds)} seeds "
+                   f"(support: {protocol.adapt_budget} env steps at epsilon {protocol.epsilon_adapt}):\n")
+        self.print(format_table(summary))
+        self.print(f"\nwrote adaptation.csv, adaptation.json, adaptation.png to {self.trainer.default_root_dir}")

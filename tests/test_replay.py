@@ -1,0 +1,65 @@
+"""Per-task replay buffers: disjoint support/query, ring wraparound, checkpointable tensors only."""
+
+import io
+
+import torch
+
+from mamldqn_pl.data import ReplayBuffers
+from mamldqn_pl.seeding import make_generator
+
+
+def fill(buffers: ReplayBuffers, n_steps: int, n_tasks: int) -> None:
+    """Each transition's obs[0] is a unique id: task * 10_000 + step."""
+    tasks = torch.arange(n_tasks)
+    for step in range(n_steps):
+        ids = (tasks * 10_000 + step).float()
+        obs = ids.unsqueeze(1).repeat(1, 4)
+        buffers.add(tasks, obs, torch.zeros(n_tasks, dtype=torch.long), torch.ones(n_tasks), obs + 0.5,
+                    torch.zeros(n_tasks, dtype=torch.bool))
+
+
+def test_support_and_query_never_share_a_transition():
+    buffers = ReplayBuffers(n_tasks=6, capacity=50, obs_dim=4)
+    fill(buffers, 40, 6)
+    g = make_generator(0)
+    for _ in range(20):
+        tasks = torch.randperm(6, generator=g)[:3]
+        support, query = buffers.sample_disjoint(tasks, 15, 25, g)
+        assert support["obs"].shape == (3, 15, 4) and query["obs"].shape == (3, 25, 4)
+        for i, task in enumerate(tasks.tolist()):
+            s_ids = set(support["obs"][i, :, 0].tolist())
+            q_ids = set(query["obs"][i, :, 0].tolist())
+            assert len(s_ids) == 15 and len(q_ids) == 25 and not s_ids & q_ids
+            assert all(task * 10_000 <= x < task * 10_000 + 40 for x in s_ids | q_ids)  # own task, filled slots
+
+
+def test_ring_buffer_keeps_the_newest_transitions():
+    buffers = ReplayBuffers(n_tasks=2, capacity=10, obs_dim=4)
+    fill(buffers, 25, 2)
+    assert buffers.size.tolist() == [10, 10] and buffers.pos.tolist() == [5, 5]
+    assert sorted(buffers.obs[1, :, 0].tolist()) == [10_000 + s for s in range(15, 25)]
+
+
+def test_sampling_refuses_buffers_that_are_too_small():
+    buffers = ReplayBuffers(n_tasks=2, capacity=30, obs_dim=4)
+    fill(buffers, 10, 2)
+    try:
+        buffers.sample_disjoint(torch.tensor([0, 1]), 8, 8, make_generator(0))
+    except RuntimeError as err:
+        assert "fewer than 16" in str(err)
+    else:
+        raise AssertionError("sampling 16 from 10 transitions must fail")
+
+
+def test_state_dict_is_tensors_only_and_round_trips_with_weights_only():
+    buffers = ReplayBuffers(n_tasks=3, capacity=20, obs_dim=4)
+    fill(buffers, 13, 3)
+    blob = io.BytesIO()
+    torch.save(buffers.state_dict(), blob)
+    blob.seek(0)
+    restored = ReplayBuffers(n_tasks=3, capacity=20, obs_dim=4)
+    restored.load_state_dict(torch.load(blob, weights_only=True))
+    for name, value in buffers.state_dict().items():
+        assert torch.equal(value, getattr(restored, name))
+    buffers.clear(torch.tensor([1]))
+    assert buffers.size.tolist() == [13, 0, 13]
