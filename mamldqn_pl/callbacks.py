@@ -72,8 +72,11 @@ class MetaTestEvaluation(pl.Callback):
             values = [r["return"] for r in rows if r["k"] == k]
             result[f"meta_val/return_k{k}"] = sum(values) / len(values)
         self.history.append(result)
-        pl_module.log_dict({k: v for k, v in result.items() if k != "step"}, on_step=True, on_epoch=False,
-                           prog_bar=True, batch_size=1)
+        metrics = {k: v for k, v in result.items() if k != "step"}
+        # to ModelCheckpoint and the progress bar via log_dict; to the loggers directly, whatever log_every_n_steps
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

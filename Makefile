@@ -1,0 +1,33 @@
+# Set-up and the two jobs of README.md; everything installs into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/cartpole.yaml
+RUN_DIR ?= lightning_logs/cartpole
+
+.PHONY: run test venv lint clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build on a CPU machine
+	$(BIN)/python -m pip install -q torch==2.13.0
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Meta-train on the default config (a fresh run folder each time), then print the adaptation report.
+run: venv
+	rm -rf $(RUN_DIR)
+	$(BIN)/mamldqn fit --config $(CONFIG) --run_dir $(RUN_DIR)
+	$(BIN)/mamldqn test --config $(CONFIG) --run_dir $(RUN_DIR)
+
+test: venv
+	$(BIN)/ruff check mamldqn_pl tests benchmarks
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) lightning_logs/*/

@@ -1,0 +1,114 @@
+"""The `mamldqn` command as a user runs it: fit, resume, test and bad input, in subprocesses."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamldqn_pl.cli import main
+from mamldqn_pl.report import SUMMARY_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progress_bar", "false",
+        "--data.pool_size", "6", "--data.tasks_per_batch", "3", "--data.support_size", "16",
+        "--data.query_size", "16", "--data.learning_starts", "40", "--data.adapt_budget", "20",
+        "--data.buffer_capacity", "100", "--data.n_val_tasks", "2", "--data.n_test_tasks", "4",
+        "--model.hidden", "[16]", "--meta_val.every_n_steps", "10", "--meta_val.episodes", "1",
+        "--trainer.log_every_n_steps", "5"]
+
+
+def mamldqn(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mamldqn_pl", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    out = mamldqn("fit", *TINY, "--trainer.max_steps", "20", "--run_dir", str(run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
+def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
+    assert (trained_run / "checkpoints/best.ckpt").is_file() and (trained_run / "checkpoints/last.ckpt").is_file()
+    assert list(trained_run.glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
+    for key in ("train/meta_loss", "train/query_loss_pre", "train/query_loss_post", "train/epsilon",
+                "perf/meta_steps_per_s", "meta_val/return_k0", "meta_val/return_k3"):
+        assert any(r.get(key) for r in rows), key
+    ckpt = torch.load(trained_run / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 20
+    assert "datamodule_hyper_parameters" in ckpt and ckpt["MetaDQNDataModule"]["buffers"]["size"].min() >= 40
+
+
+def test_test_writes_the_three_report_files(trained_run):
+    out = mamldqn("test", *TINY, "--model.test_seeds", "[0, 1]", "--model.test_ks", "[0, 2]",
+                  "--model.test_episodes", "1", "--run_dir", str(trained_run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(trained_run / "adaptation.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert tuple(summary[0].keys()) == SUMMARY_COLUMNS
+    assert {(r["init"], r["group"], r["k"]) for r in summary} == {
+        (i, g, k) for i in ("meta-init", "scratch") for g in ("all", "flip", "noflip") for k in ("0", "2")}
+    assert all(r["n"] == ("8" if r["group"] == "all" else "4") for r in summary)  # 4 tasks x 2 seeds
+    report = json.loads((trained_run / "adaptation.json").read_text())
+    assert len(report["rows"]) == 2 * 4 * 2 * 2 and report["meta"]["ckpt_path"].endswith("best.ckpt")
+    assert (trained_run / "adaptation.png").stat().st_size > 10_000
+    assert "| meta-init | all | 2 |" in out.stdout
+
+
+def test_resume_from_last_continues_the_step_count_and_keeps_the_logs(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "resumed"
+    shutil.copytree(trained_run, run)
+    lines_before = len(open(run / "metrics.csv").readlines())
+    out = mamldqn("fit", *TINY, "--trainer.max_steps", "30", "--run_dir", str(run), "--ckpt_path", "last")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) >= lines_before and int(rows[-1]["step"]) >= 25
+
+
+def test_a_fresh_fit_never_overwrites_an_existing_run(trained_run):
+    stamp = (trained_run / "checkpoints/last.ckpt").stat().st_mtime
+    out = mamldqn("fit", *TINY, "--trainer.max_steps", "5", "--run_dir", str(trained_run))
+    assert out.returncode == 2 and "already holds a run" in out.stderr and "Traceback" not in out.stderr
+    assert (trained_run / "checkpoints/last.ckpt").stat().st_mtime == stamp
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    out = mamldqn("fit", *TINY, "--run_dir", str(tmp_path / "nothing"), "--ckpt_path", "last")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("mamldqn: error: --ckpt_path last: no checkpoint")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data.ranges", '{"pole_length": [0.1, 1.0]}'], "unknown task parameter 'pole_length'"),
+    (["--data.ranges", '{"length": [1.0, 0.2]}'], "range [1.0, 0.2] is inverted"),
+    (["--data.ranges", '{"length": []}'], "must be [low, high]"),
+    (["--data.tasks_per_batch", "7"], "data.tasks_per_batch: 7 exceeds the task pool"),
+    (["--model.inner_lr", "0"], "model.inner_lr: 0.0 must be > 0"),
+    (["--model.meta_lr", "-0.001"], "model.meta_lr: -0.001 must be > 0"),
+    (["--model.inner_steps", "-1"], "model.inner_steps: -1 must be >= 0"),
+    (["--data.family", "pendulum"], "unknown family 'pendulum'"),
+    (["--target_sync.tau", "0"], "set exactly one of tau"),
+    (["--data.learning_starts", "10"], "data.learning_starts: 10 is below support_size + query_size"),
+])
+def test_bad_input_is_one_line_naming_the_value(args, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *TINY, "--run_dir", str(tmp_path / "bad"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert err[-1].startswith("mamldqn: error:") and needle in err[-1], err[-1]
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
+    out = mamldqn("fit", *TINY, "--run_dir", str(tmp_path / "bad"), "--model.inner_steps", "-2")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "mamldqn: error: model.inner_steps: -2 must be >= 0"

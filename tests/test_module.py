@@ -1,0 +1,86 @@
+"""The LightningModule in a real (small) Trainer on real CartPole tasks: target network, parameter ownership,
+step counting, and a meta-objective whose inner loop lowers the query loss."""
+
+import pytorch_lightning as pl
+import torch
+from conftest import SMALL_DATA
+
+from mamldqn_pl import MAMLDQN, MetaDQNDataModule, TargetNetworkSync
+
+
+class Snapshots(pl.Callback):
+    """Records online and target parameters after every meta-step (after the target sync has run)."""
+
+    def __init__(self) -> None:
+        self.online, self.target = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.online.append(torch.cat([p.detach().flatten() for p in pl_module.net.parameters()]).clone())
+        self.target.append(torch.cat([p.detach().flatten() for p in pl_module.target_net.parameters()]).clone())
+
+
+def fit(model: MAMLDQN, steps: int, *callbacks: pl.Callback, **data) -> pl.Trainer:
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_steps=steps, limit_train_batches=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                         num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=MetaDQNDataModule(**{**SMALL_DATA, **data}))
+    return trainer
+
+
+def test_target_network_gets_no_gradient_and_changes_only_at_sync():
+    model = MAMLDQN(hidden=[16, 16], adapt="all", inner_steps=2)
+    initial_target = torch.cat([p.detach().flatten() for p in model.target_net.parameters()]).clone()
+    snaps = Snapshots()
+    sync = TargetNetworkSync(tau=0.0, every_n_steps=3)
+    trainer = fit(model, 7, sync, snaps)
+    assert trainer.global_step == 7 and sync.syncs == 2
+    assert all(not p.requires_grad and p.grad is None for p in model.target_net.parameters())
+    for step, (online, target) in enumerate(zip(snaps.online, snaps.target), start=1):
+        if step < 3:
+            assert torch.equal(target, initial_target)
+        elif step % 3 == 0:
+            assert torch.equal(target, online)  # hard copy at the sync step
+        else:
+            assert torch.equal(target, snaps.online[3 * (step // 3) - 1])  # frozen since the last sync
+        assert not torch.equal(online, initial_target)
+
+
+def test_polyak_sync_moves_target_by_tau():
+    model = MAMLDQN(hidden=[16])
+    snaps = Snapshots()
+    fit(model, 3, TargetNetworkSync(tau=0.25), snaps)
+    expected = snaps.target[0]
+    for online, target in zip(snaps.online[1:], snaps.target[1:]):
+        expected = expected + 0.25 * (online - expected)
+        torch.testing.assert_close(target, expected)
+
+
+def test_global_step_counts_meta_steps_only_and_the_optimizer_steps_once_each():
+    model = MAMLDQN(hidden=[16], inner_steps=5)
+    trainer = fit(model, 4, TargetNetworkSync())
+    assert trainer.global_step == 4
+    state = trainer.optimizers[0].state_dict()["state"]
+    assert all(int(s["step"]) == 4 for s in state.values())
+
+
+def test_meta_objective_never_writes_adapted_weights_into_the_module():
+    model = MAMLDQN(hidden=[16, 16], adapt="all", inner_steps=3, inner_lr=0.5)
+    dm = MetaDQNDataModule(**SMALL_DATA)
+    dm._build(rank=0)
+    dm.attach_policy(model.q_values, lambda: 0.5)
+    batch = dm.next_batch()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta_loss, pre, post = model.meta_objective(batch)
+    meta_loss.backward()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is not None for p in model.net.parameters())
+    assert post.mean() < pre.mean()  # the inner loop lowers the query loss
+
+
+def test_collection_policy_follows_the_epsilon_schedule():
+    model = MAMLDQN(epsilon_start=1.0, epsilon_end=0.1, epsilon_decay_steps=10)
+    assert model.epsilon() == 1.0
+    trainer = fit(model, 5, TargetNetworkSync())
+    assert trainer.global_step == 5 and abs(model.epsilon() - 0.55) < 1e-9
