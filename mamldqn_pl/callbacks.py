@@ -50,14 +50,14 @@ class MetaTestEvaluation(pl.Callback):
     `ks` defaults to [0, trained K]. Never touches the test tasks.
     """
 
-    def __init__(self, every_n_steps: int = 250, ks: list[int] | None = None, episodes: int = 3,
+    def __init__(self, every_n_steps: int = 500, ks: list[int] | None = None, episodes: int = 5,
                  seeds: list[int] | None = None) -> None:
         require(every_n_steps >= 1, f"meta_val.every_n_steps: {every_n_steps} must be >= 1")
         require(episodes >= 1, f"meta_val.episodes: {episodes} must be >= 1")
         self.every_n_steps = every_n_steps
         self.ks = ks
         self.episodes = episodes
-        self.seeds = [0] if seeds is None else seeds
+        self.seeds = [0, 1, 2] if seeds is None else seeds
         self.history: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

@@ -6,6 +6,7 @@ config.yaml, checkpoints/{best,last}.ckpt and the adaptation report, so `--ckpt_
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,10 @@ class MAMLDQNCLI(LightningCLI):
     def before_fit(self) -> None:
         """Resume only on request; never overwrite another run's checkpoints by starting afresh over them."""
         self._ckpt("fit", None)
+        max_steps, every = self.trainer.max_steps, self._get(self.config_init, "meta_val").every_n_steps
+        if max_steps < 1 or max_steps % every:
+            raise ConfigError(f"trainer.max_steps: {max_steps} must be a positive multiple of meta_val.every_n_steps "
+                              f"({every}), so that the final steps are evaluated and checkpointed")
         last = self._run_dir() / "checkpoints" / "last.ckpt"
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
             raise ConfigError(f"--run_dir {self._run_dir()} already holds a run ({last}); resume it with "
@@ -84,8 +89,11 @@ class MAMLDQNCLI(LightningCLI):
 
 # Lightning notices that do not apply here: the checkpoint is taken after the meta-step on purpose, and
 # the others are a torch-internal deprecation and a hint that does not apply to num_workers=0 by design.
-QUIET = ("Using ModelCheckpoint with manual optimization", "`isinstance(treespec, LeafSpec)` is deprecated",
-         "The '.*dataloader' does not have many workers")
+QUIET = (
+    "Using ModelCheckpoint with manual optimization",
+    re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+    "The '.*dataloader' does not have many workers",
+)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -155,6 +155,7 @@ class MAMLDQN(pl.LightningModule):
             logs["perf/env_steps_per_s"] = float(batch["env_steps"]) / dt
         self._last_step_time = now
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+        self.log("meta_loss", logs["train/meta_loss"], prog_bar=True, logger=False, batch_size=1)
         returns = batch["episode_returns"]
         if returns.numel():
             self.episode_return.update(returns)

@@ -76,7 +76,7 @@ def test_resume_from_last_continues_the_step_count_and_keeps_the_logs(trained_ru
 
 def test_a_fresh_fit_never_overwrites_an_existing_run(trained_run):
     stamp = (trained_run / "checkpoints/last.ckpt").stat().st_mtime
-    out = mamldqn("fit", *TINY, "--trainer.max_steps", "5", "--run_dir", str(trained_run))
+    out = mamldqn("fit", *TINY, "--trainer.max_steps", "10", "--run_dir", str(trained_run))
     assert out.returncode == 2 and "already holds a run" in out.stderr and "Traceback" not in out.stderr
     assert (trained_run / "checkpoints/last.ckpt").stat().st_mtime == stamp
 
@@ -98,6 +98,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--data.family", "pendulum"], "unknown family 'pendulum'"),
     (["--target_sync.tau", "0"], "set exactly one of tau"),
     (["--data.learning_starts", "10"], "data.learning_starts: 10 is below support_size + query_size"),
+    (["--trainer.max_steps", "25"], "trainer.max_steps: 25 must be a positive multiple of meta_val.every_n_steps"),
 ])
 def test_bad_input_is_one_line_naming_the_value(args, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

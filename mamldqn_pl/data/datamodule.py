@@ -122,11 +122,14 @@ class MetaDQNDataModule(pl.LightningDataModule):
             self._build(rank=self.trainer.global_rank if self.trainer is not None else 0)
 
     def _build(self, rank: int) -> None:
+        """Training streams mix the run's seed (seed_everything), the task seed and the rank: each rank its own
+        tasks, and another seed_everything another run, while validation and test tasks stay fixed."""
         hp = self.hparams
-        self.task_generator = make_generator(hp.train_seed, rank, 0)
-        self.generator = make_generator(hp.train_seed, rank, 1)
+        run_seed = torch.initial_seed()
+        self.task_generator = make_generator(hp.train_seed, run_seed, rank, 0)
+        self.generator = make_generator(hp.train_seed, run_seed, rank, 1)
         self.pool: list[Task] = self.family.sample(hp.pool_size, self.task_generator)
-        self.env = self.family.batched(self.pool, make_generator(hp.train_seed, rank, 2))
+        self.env = self.family.batched(self.pool, make_generator(hp.train_seed, run_seed, rank, 2))
         self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
