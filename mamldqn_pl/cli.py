@@ -16,6 +16,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mamldqn_pl.callbacks import MetaTestEvaluation, TargetNetworkSync
+from mamldqn_pl.checkpoints import AtomicCheckpointIO, read_checkpoint
 from mamldqn_pl.data import MetaDQNDataModule
 from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.loggers import ResumableCSVLogger
@@ -54,11 +55,19 @@ class MAMLDQNCLI(LightningCLI):
         )
         callbacks = list(config.get("callbacks") or []) + [best]
         loggers = [TensorBoardLogger(run_dir, name="", version=""), ResumableCSVLogger(run_dir, name="", version="")]
+        plugins = list(config.get("plugins") or []) + [AtomicCheckpointIO()]
         return super().instantiate_trainer(callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir),
-                                           **kwargs)
+                                           plugins=plugins, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a checkpoint path's hyperparameters while parsing: check the file first."""
+        ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt and ckpt not in ("best", "last"):
+            read_checkpoint(ckpt)
+        super()._parse_ckpt_path()
 
     def _ckpt(self, subcommand: str, default: str | None) -> None:
-        """Resolve `best`/`last` to the run's fixed checkpoint folder; a missing file is a user error."""
+        """Resolve `best`/`last` to the run's fixed checkpoint folder; a missing or bad file is a user error."""
         sub = self.config_init[subcommand]
         ckpt = sub.get("ckpt_path") or default
         if ckpt in ("best", "last"):
@@ -67,8 +76,8 @@ class MAMLDQNCLI(LightningCLI):
                 raise ConfigError(f"--ckpt_path {ckpt}: no checkpoint at {path} (train first with "
                                   f"`mamldqn fit --config ... --run_dir {self._run_dir()}`)")
             ckpt = str(path)
-        elif ckpt is not None and not Path(ckpt).is_file():
-            raise ConfigError(f"--ckpt_path {ckpt}: no such file; give a path, `best` or `last`")
+        if ckpt is not None:
+            read_checkpoint(ckpt)
         sub["ckpt_path"] = ckpt
 
     def before_fit(self) -> None:
@@ -106,6 +115,9 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"mamldqn: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as err:  # diverged: checkpoints written before stay as they were
+        print(f"mamldqn: error: {err}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

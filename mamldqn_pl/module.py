@@ -131,15 +131,24 @@ class MAMLDQN(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         opt = self.optimizers()
         meta_loss, pre, post = self.meta_objective(batch)
-        if not torch.isfinite(meta_loss):
-            raise FloatingPointError(f"meta-loss is {meta_loss.item()} at meta-step {self.global_step}")
+        self._stop_if_diverged(meta_loss, "meta-loss")
         opt.zero_grad()
         self.manual_backward(meta_loss)
         if self.hparams.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
+        self._stop_if_diverged(torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all(),
+                               "parameters after the meta-update")
         self._log_step(batch, meta_loss, pre, post)
         return meta_loss.detach()
+
+    def _stop_if_diverged(self, value: Tensor, what: str) -> None:
+        """NaN/Inf stops the run with the step named; checkpoints already written are untouched."""
+        ok = value.all() if value.dtype == torch.bool else torch.isfinite(value)
+        if not bool(ok):
+            shown = "not finite" if value.dtype == torch.bool else f"{value.item()}"
+            raise FloatingPointError(f"{what} {shown} at meta-step {self.global_step}; stopped. The last good "
+                                     f"checkpoint is {self.trainer.default_root_dir}/checkpoints/last.ckpt")
 
     def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor, post: Tensor) -> None:
         now = time.perf_counter()

@@ -1,7 +1,26 @@
 """Shared small settings so the suite stays fast on 2 CPU cores."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny but real configuration of the default CartPole config, for CLI runs in subprocesses.
+TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progress_bar", "false",
+        "--data.pool_size", "6", "--data.tasks_per_batch", "3", "--data.support_size", "16",
+        "--data.query_size", "16", "--data.learning_starts", "40", "--data.adapt_budget", "20",
+        "--data.buffer_capacity", "100", "--data.n_val_tasks", "2", "--data.n_test_tasks", "4",
+        "--model.hidden", "[16]", "--meta_val.every_n_steps", "10", "--meta_val.episodes", "1",
+        "--trainer.log_every_n_steps", "5"]
+
+
+def mamldqn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would: `python -m mamldqn_pl ...` in the project root."""
+    return subprocess.run([sys.executable, "-m", "mamldqn_pl", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
 
 SMALL_DATA = dict(pool_size=8, tasks_per_batch=4, collect_steps=2, support_size=16, query_size=16,
                   buffer_capacity=200, adapt_budget=20, epsilon_adapt=0.25, learning_starts=40, retire_after=0,

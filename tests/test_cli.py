@@ -2,28 +2,15 @@
 
 import csv
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, mamldqn
 
 from mamldqn_pl.cli import main
 from mamldqn_pl.report import SUMMARY_COLUMNS
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progress_bar", "false",
-        "--data.pool_size", "6", "--data.tasks_per_batch", "3", "--data.support_size", "16",
-        "--data.query_size", "16", "--data.learning_starts", "40", "--data.adapt_budget", "20",
-        "--data.buffer_capacity", "100", "--data.n_val_tasks", "2", "--data.n_test_tasks", "4",
-        "--model.hidden", "[16]", "--meta_val.every_n_steps", "10", "--meta_val.episodes", "1",
-        "--trainer.log_every_n_steps", "5"]
-
-
-def mamldqn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mamldqn_pl", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +50,6 @@ def test_test_writes_the_three_report_files(trained_run):
 
 
 def test_resume_from_last_continues_the_step_count_and_keeps_the_logs(trained_run, tmp_path):
-    import shutil
     run = tmp_path / "resumed"
     shutil.copytree(trained_run, run)
     lines_before = len(open(run / "metrics.csv").readlines())

@@ -1,7 +1,8 @@
 """The LightningDataModule: task sets, the batched environment, one replay buffer per task, meta-batches.
 
 Data flows one way: tasks -> env/collector -> buffers -> support/query batches. The only thing that comes
-back from the module is the policy used to collect (`attach_policy`), as in any DQN.
+back from the module is the policy used to collect (`attach_policy`), as in any DQN. num_workers stays 0:
+a worker process would hold stale copies of the policy and the buffers.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mamldqn_pl.data.collector import Collector, QValues
 from mamldqn_pl.data.replay import ReplayBuffers
-from mamldqn_pl.errors import require
+from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task, make_family
 
 DEFAULT_RANGES = {"length": [0.25, 1.0], "masspole": [0.05, 0.5], "masscart": [0.5, 2.0], "force_mag": [5.0, 15.0]}
 
 
-class _MetaBatches(IterableDataset):
-    """Endless stream of meta-batches; collection happens in the main process (num_workers=0)."""
+class _MetaStepTickets(IterableDataset):
+    """Endless stream of tickets, one per meta-step; `on_before_batch_transfer` turns each into a meta-batch.
 
-    def __init__(self, datamodule: MetaDQNDataModule) -> None:
-        self.datamodule = datamodule
+    Lightning fetches one item ahead of the step it trains. Collecting there would act with weights one step
+    old and, at a checkpoint, leave a batch collected but never trained on. A ticket costs nothing, so the
+    collection happens right before its own meta-step, with the current weights, and a checkpoint taken after
+    step N holds exactly the data state after step N.
+    """
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[int]:
         while True:
-            yield self.datamodule.next_batch()
+            yield 0
 
 
 class MetaDQNDataModule(pl.LightningDataModule):
@@ -136,7 +140,13 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self._built = True
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_MetaBatches(self), batch_size=None, num_workers=0)
+        return DataLoader(_MetaStepTickets(), batch_size=None, num_workers=0)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """A training ticket becomes the meta-batch of this step; test batches pass through."""
+        if self.trainer is not None and self.trainer.training:
+            return self.next_batch()
+        return batch
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader([0], batch_size=None)  # the meta-test protocol runs in the module's test hooks
@@ -217,7 +227,10 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.env.set_tasks(np.arange(len(self.pool)), self.pool)
         self.env.state[:] = state["env_state"].numpy()
         self.env.elapsed[:] = state["env_elapsed"].numpy()
-        self.buffers.load_state_dict(state["buffers"])
+        try:
+            self.buffers.load_state_dict(state["buffers"])
+        except ValueError as err:
+            raise ConfigError(f"checkpoint from another config: {err}") from None
         self.collector.running_return = state["running_return"].clone()
         self.collector.env_steps = state["env_steps"].clone()
         self.warm = state["warm"].numpy().copy()

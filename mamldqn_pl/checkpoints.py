@@ -1,0 +1,54 @@
+"""Checkpoint files: written atomically, read only as plain data (weights_only), checked before Lightning."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mamldqn_pl.errors import ConfigError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file, fsyncs it, renames it over the target and fsyncs the folder: a kill at
+    any moment leaves either the old checkpoint or the new one, never a torn file. Loads with weights_only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint as plain data, or raise a one-line ConfigError saying what is wrong with it.
+
+    weights_only=True means a pickle that would run code is refused, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--ckpt_path {path}: no such file; give a path, `best` or `last`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read is the same user-facing problem
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--ckpt_path {path}: not a readable checkpoint ({type(err).__name__}: "
+                          f"{reason[:160]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise ConfigError(f"--ckpt_path {path}: not a mamldqn/Lightning checkpoint (no state_dict/global_step)")
+    return ckpt
