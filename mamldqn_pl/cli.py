@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from jsonargparse import ArgumentError
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -111,7 +112,12 @@ def main(args: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore", message=message)
     try:
         MAMLDQNCLI(MAMLDQN, MetaDQNDataModule, args=args, trainer_defaults=TRAINER_DEFAULTS,
-                   seed_everything_default=0, save_config_kwargs={"overwrite": True})
+                   seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                   parser_kwargs={"exit_on_error": False})
+    except ArgumentError as err:  # unknown keys, wrong types: jsonargparse's message, on one line
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"mamldqn: error: {message} (see mamldqn --help)", file=sys.stderr)
+        sys.exit(2)
     except ConfigError as err:
         print(f"mamldqn: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -60,7 +60,9 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(straight_run, tmp
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10 and ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
-    second = mamldqn("fit", *RESUME, "--trainer.max_steps", "20", "--run_dir", str(run), "--ckpt_path", "last")
+    # an explicit path this time (LightningCLI reads its hyperparameters too); `last` is used by the kill test
+    second = mamldqn("fit", *RESUME, "--trainer.max_steps", "20", "--run_dir", str(run),
+                     "--ckpt_path", str(run / "checkpoints/last.ckpt"))
     assert second.returncode == 0, second.stderr[-3000:]
     assert_bitwise_equal(params_of(straight_run / "checkpoints/last.ckpt"), params_of(run / "checkpoints/last.ckpt"))
     straight = torch.load(straight_run / "checkpoints/last.ckpt", weights_only=True)
@@ -70,24 +72,32 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(straight_run, tmp
 
 
 def test_kills_at_random_moments_always_leave_an_intact_checkpoint(straight_run, tmp_path):
-    """SIGKILL training at random moments (checkpoints are written every 5 steps, so some kills land in a
-    write); every resume must start from an intact checkpoint and carry the step count on."""
+    """SIGKILL training at random moments and the moment a checkpoint write begins; every resume must start
+    from an intact checkpoint and carry the step count on."""
     run = tmp_path / "killed"
     import shutil
     shutil.copytree(straight_run, run)
     rng = random.Random(0)
     steps = [20]
-    for _ in range(5):
+    in_write = 0
+    for kill in range(5):
         proc = subprocess.Popen([sys.executable, "-m", "mamldqn_pl", "fit", *RESUME, "--trainer.max_steps", "100000",
                                  "--run_dir", str(run), "--ckpt_path", "last"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.5, 7.0))
+        if kill % 2:  # the moment a checkpoint write begins
+            tmp, end = run / "checkpoints/.last.ckpt.tmp", time.monotonic() + 15
+            while not tmp.exists() and time.monotonic() < end and proc.poll() is None:
+                time.sleep(0.0005)
+            in_write += tmp.exists()
+        else:  # at a random moment
+            time.sleep(rng.uniform(3.5, 7.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)  # intact, or this raises
         assert ckpt["global_step"] >= steps[-1] and ckpt["global_step"] % 5 == 0
         steps.append(ckpt["global_step"])
     assert steps[-1] > 20, steps  # the runs made progress between kills
+    assert in_write >= 1  # at least one kill landed while last.ckpt was being written
     final = mamldqn("fit", *RESUME, "--trainer.max_steps", str(steps[-1] + 5), "--run_dir", str(run),
                     "--ckpt_path", "last")
     assert final.returncode == 0, final.stderr[-3000:]
