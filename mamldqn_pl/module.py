@@ -15,11 +15,12 @@ import torch
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
+from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.evaluation import Protocol, evaluate_init, evaluate_scratch
 from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation, td_target
 from mamldqn_pl.meta.qnet import AdaptSplit
-from mamldqn_pl.report import format_table, write_report
+from mamldqn_pl.report import format_table, summarize, write_report
 
 
 class MAMLDQN(pl.LightningModule):
@@ -181,14 +182,21 @@ class MAMLDQN(pl.LightningModule):
                         episodes=episodes, seeds=tuple(seeds))
 
     def evaluate(self, tasks: list, protocol: Protocol, scratch: bool = False) -> list[dict]:
-        """Rows of the protocol on `tasks` for theta, and for fresh random inits too if `scratch`."""
+        """Rows of the protocol on `tasks` for theta, and for fresh random inits too if `scratch`.
+
+        Under DDP each rank evaluates its share of the tasks and every rank returns all rows.
+        """
         family = self.trainer.datamodule.family
         hp = self.hparams
-        rows = evaluate_init(self.net, dict(self.net.named_parameters()), family, tasks, hp.adapt, self.inner,
-                             hp.gamma, protocol, label="meta-init")
-        if scratch:
-            rows += evaluate_scratch(self.net, family, tasks, hp.adapt, self.inner, hp.gamma, protocol)
-        return rows
+        rank, size = world()
+        mine = tasks[rank::size]
+        rows: list[dict] = []
+        if mine:
+            rows = evaluate_init(self.net, dict(self.net.named_parameters()), family, mine, hp.adapt, self.inner,
+                                 hp.gamma, protocol, label="meta-init")
+            if scratch:
+                rows += evaluate_scratch(self.net, family, mine, hp.adapt, self.inner, hp.gamma, protocol)
+        return [row for part in gather_objects(rows) for row in part]
 
     def test_step(self, batch, batch_idx: int) -> None:
         """Nothing per batch: the whole protocol runs once in on_test_epoch_end."""
@@ -202,10 +210,13 @@ class MAMLDQN(pl.LightningModule):
         rows = self.evaluate(dm.test_tasks, protocol, scratch=True)
         meta = {"ckpt_path": self.trainer.ckpt_path, "protocol": protocol.__dict__, "model": dict(hp),
                 "data": dict(dm.hparams), "n_tasks": len(dm.test_tasks)}
-        summary = write_report(rows, self.trainer.default_root_dir, meta)
+        summary = summarize(rows)
         for s in summary:
             if s["init"] == "meta-init" and s["group"] == "all":
                 self.log(f"meta_test/return_k{s['k']}", s["mean"], batch_size=1)
+        if not self.trainer.is_global_zero:
+            return
+        write_report(rows, summary, self.trainer.default_root_dir, meta)
         self.print(f"\nAdaptation on {len(dm.test_tasks)} held-out tasks x {len(protocol.seeds)} seeds "
                    f"(support: {protocol.adapt_budget} env steps at epsilon {protocol.epsilon_adapt}):\n")
         self.print(format_table(summary))

@@ -80,11 +80,10 @@ def plot(summary: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[dict], out_dir: Path, meta: dict) -> list[dict]:
+def write_report(rows: list[dict], summary: list[dict], out_dir: Path, meta: dict) -> None:
     """Write adaptation.csv (summary), adaptation.json (summary, raw rows, settings) and adaptation.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows)
     with open(out_dir / "adaptation.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
@@ -92,4 +91,3 @@ def write_report(rows: list[dict], out_dir: Path, meta: dict) -> list[dict]:
     with open(out_dir / "adaptation.json", "w") as f:
         json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
     plot(summary, out_dir / "adaptation.png")
-    return summary

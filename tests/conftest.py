@@ -16,6 +16,9 @@ TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progr
         "--model.hidden", "[16]", "--meta_val.every_n_steps", "10", "--meta_val.episodes", "1",
         "--trainer.log_every_n_steps", "5"]
 
+# Epochs of 7 meta-steps and checkpoints every 5: step 10 falls in the middle of the second epoch.
+RESUME_ARGS = [*TINY, "--meta_val.every_n_steps", "5", "--trainer.limit_train_batches", "7"]
+
 
 def mamldqn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: `python -m mamldqn_pl ...` in the project root."""

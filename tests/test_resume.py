@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,13 +12,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, SMALL_DATA, TINY, mamldqn
+from conftest import RESUME_ARGS, ROOT, SMALL_DATA, mamldqn
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule, TargetNetworkSync
 from mamldqn_pl.checkpoints import AtomicCheckpointIO
 
-# Epochs of 7 meta-steps and checkpoints every 5: step 10 falls in the middle of the second epoch.
-RESUME = [*TINY, "--meta_val.every_n_steps", "5", "--trainer.limit_train_batches", "7"]
+RESUME = RESUME_ARGS
 
 
 def params_of(ckpt_path: Path) -> dict[str, torch.Tensor]:
@@ -75,7 +75,6 @@ def test_kills_at_random_moments_always_leave_an_intact_checkpoint(straight_run,
     """SIGKILL training at random moments and the moment a checkpoint write begins; every resume must start
     from an intact checkpoint and carry the step count on."""
     run = tmp_path / "killed"
-    import shutil
     shutil.copytree(straight_run, run)
     rng = random.Random(0)
     steps = [20]

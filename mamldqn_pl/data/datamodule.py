@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
 from mamldqn_pl.data.collector import Collector, QValues
 from mamldqn_pl.data.replay import ReplayBuffers
+from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task, make_family
@@ -123,17 +125,19 @@ class MetaDQNDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self._built:
-            self._build(rank=self.trainer.global_rank if self.trainer is not None else 0)
+            self._build(rank=world()[0])
 
-    def _build(self, rank: int) -> None:
+    def _build(self, rank: int, salt: int = 0) -> None:
         """Training streams mix the run's seed (seed_everything), the task seed and the rank: each rank its own
-        tasks, and another seed_everything another run, while validation and test tasks stay fixed."""
+        tasks, and another seed_everything another run, while validation and test tasks stay fixed. `salt`
+        (the step count) gives a resume with another world size streams unlike those of the run's start."""
         hp = self.hparams
         run_seed = torch.initial_seed()
-        self.task_generator = make_generator(hp.train_seed, run_seed, rank, 0)
-        self.generator = make_generator(hp.train_seed, run_seed, rank, 1)
+        self.task_generator = make_generator(hp.train_seed, run_seed, rank, salt, 0)
+        self.generator = make_generator(hp.train_seed, run_seed, rank, salt, 1)
         self.pool: list[Task] = self.family.sample(hp.pool_size, self.task_generator)
-        self.env = self.family.batched(self.pool, make_generator(hp.train_seed, run_seed, rank, 2))
+        self.env = self.family.batched(self.pool, make_generator(hp.train_seed, run_seed, rank, salt, 2))
+        self.batches = 0
         self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
@@ -188,6 +192,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
             self.collector.step(slots, self._q_values, epsilon)
         support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
         self._retire()
+        self.batches += 1
         return {
             "support": support,
             "query": query,
@@ -198,9 +203,10 @@ class MetaDQNDataModule(pl.LightningDataModule):
 
     # ---- checkpointing ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Every rank's pool, buffers, env and RNG state (gathered: only rank 0 writes the checkpoint)."""
         if not self._built:
             return {}
-        return {
+        local = {
             "pool": [{"params": t.params, "flip": t.flip} for t in self.pool],
             "buffers": self.buffers.state_dict(),
             "env_state": torch.from_numpy(self.env.state.copy()),
@@ -208,21 +214,36 @@ class MetaDQNDataModule(pl.LightningDataModule):
             "running_return": self.collector.running_return.clone(),
             "env_steps": self.collector.env_steps.clone(),
             "warm": torch.from_numpy(self.warm.copy()),
+            "batches": self.batches,
             "rng": {
                 "task": self.task_generator.get_state(),
                 "collect": self.generator.get_state(),
                 "env": self.env.generator.get_state(),
             },
         }
+        ranks = gather_objects(local)
+        return {"world_size": len(ranks), "ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore this rank's own state; with another world size, re-seed fresh pools and say so."""
         if not state:
             return
+        rank, size = world()
+        if state.get("world_size") != size:
+            batches = max(r["batches"] for r in state["ranks"])
+            rank_zero_warn(f"the checkpoint was taken with {state.get('world_size')} processes, this run has {size}: "
+                           "task pools, replay buffers and RNG streams are re-seeded (parameters, optimiser, "
+                           "target network and step count are restored)")
+            self._build(rank=rank, salt=batches)
+            return
         if not self._built:
-            self._build(rank=self.trainer.global_rank if self.trainer is not None else 0)
+            self._build(rank=rank)
+        self._load_local(state["ranks"][rank])
+
+    def _load_local(self, state: dict) -> None:
         require(len(state["pool"]) == self.hparams.pool_size,
-                f"checkpoint has a task pool of {len(state['pool'])}, this config data.pool_size = "
-                f"{self.hparams.pool_size}")
+                f"checkpoint from another config: task pool of {len(state['pool'])}, this config has "
+                f"data.pool_size = {self.hparams.pool_size}")
         self.pool = [Task(params=t["params"], flip=t["flip"], index=i) for i, t in enumerate(state["pool"])]
         self.env.set_tasks(np.arange(len(self.pool)), self.pool)
         self.env.state[:] = state["env_state"].numpy()
@@ -234,6 +255,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.collector.running_return = state["running_return"].clone()
         self.collector.env_steps = state["env_steps"].clone()
         self.warm = state["warm"].numpy().copy()
+        self.batches = state["batches"]
         self.task_generator.set_state(state["rng"]["task"])
         self.generator.set_state(state["rng"]["collect"])
         self.env.generator.set_state(state["rng"]["env"])
