@@ -35,6 +35,11 @@ class Protocol:
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
+def weights_device(tensors: dict[str, Tensor]) -> torch.device:
+    """The device the (fast) weights live on: evaluation runs there, environments stay on the CPU."""
+    return next(iter(tensors.values())).device
+
+
 def _greedy_returns(net: QNetwork, params: FastWeights, fast: FastWeights, family, tasks: Sequence[Task],
                     episodes: int, generator: torch.Generator) -> Tensor:
     """Mean undiscounted return of `episodes` greedy episodes per slot; fast weights carry a slot dim."""
@@ -46,8 +51,9 @@ def _greedy_returns(net: QNetwork, params: FastWeights, fast: FastWeights, famil
     alive = torch.ones(n * episodes, dtype=torch.bool)
     with torch.no_grad():
         for _ in range(env.max_episode_steps):
-            q = batched_q(net, params, fast_rep, torch.from_numpy(env.obs).unsqueeze(1)).squeeze(1)
-            _, reward, terminated, truncated = env.step(q.argmax(-1).numpy())
+            obs = torch.from_numpy(env.obs).to(weights_device(fast)).unsqueeze(1)
+            q = batched_q(net, params, fast_rep, obs).squeeze(1)
+            _, reward, terminated, truncated = env.step(q.argmax(-1).cpu().numpy())
             total += alive.double() * torch.from_numpy(reward).double()
             alive &= ~torch.from_numpy(terminated | truncated)
             if not alive.any():
@@ -74,15 +80,20 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim)
             collector = Collector(env, buffers, generator)
             everyone = np.arange(n)
-            q_init = lambda obs: torch.func.functional_call(net, params, (obs,))  # noqa: E731
+            device = weights_device(params)
+
+            def q_init(obs: Tensor) -> Tensor:
+                return torch.func.functional_call(net, params, (obs.to(device),))
+
             for _ in range(protocol.adapt_budget):
                 collector.step(everyone, q_init, protocol.epsilon_adapt)
             split = split_for_adaptation(net, params, adapt)
+            data = {name: getattr(buffers, name).to(device) for name in ("obs", "actions", "rewards", "terminated")}
             with torch.no_grad():
                 support = {
-                    "x": split.encode(buffers.obs),
-                    "actions": buffers.actions,
-                    "target": td_target(buffers.rewards, buffers.terminated, q_init(buffers.next_obs), gamma),
+                    "x": split.encode(data["obs"]),
+                    "actions": data["actions"],
+                    "target": td_target(data["rewards"], data["terminated"], q_init(buffers.next_obs), gamma),
                 }
             step = torch.func.vmap(lambda f, b: inner.step(split.q_fn, f, b))
         done = 0
