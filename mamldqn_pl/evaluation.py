@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mamldqn_pl.data.collector import Collector
+from mamldqn_pl.data.collector import Collector, masked_argmax
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
 from mamldqn_pl.meta.qnet import FastWeights
@@ -53,7 +53,8 @@ def _greedy_returns(net: QNetwork, params: FastWeights, fast: FastWeights, famil
         for _ in range(env.max_episode_steps):
             obs = torch.from_numpy(env.obs).to(weights_device(fast)).unsqueeze(1)
             q = batched_q(net, params, fast_rep, obs).squeeze(1)
-            _, reward, terminated, truncated = env.step(q.argmax(-1).cpu().numpy())
+            actions = masked_argmax(q, torch.from_numpy(env.action_counts)).cpu()
+            _, reward, terminated, truncated = env.step(actions.numpy())
             total += alive.double() * torch.from_numpy(reward).double()
             alive &= ~torch.from_numpy(terminated | truncated)
             if not alive.any():
@@ -89,11 +90,14 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
                 collector.step(everyone, q_init, protocol.epsilon_adapt)
             split = split_for_adaptation(net, params, adapt)
             data = {name: getattr(buffers, name).to(device) for name in ("obs", "actions", "rewards", "terminated")}
+            counts = torch.from_numpy(env.action_counts).to(device)
+            valid = torch.arange(family.n_actions, device=device) < counts.unsqueeze(1)
             with torch.no_grad():
                 support = {
                     "x": split.encode(data["obs"]),
                     "actions": data["actions"],
-                    "target": td_target(data["rewards"], data["terminated"], q_init(buffers.next_obs), gamma),
+                    "target": td_target(data["rewards"], data["terminated"], q_init(buffers.next_obs), gamma,
+                                        valid.unsqueeze(1)),
                 }
             step = torch.func.vmap(lambda f, b: inner.step(split.q_fn, f, b))
         done = 0

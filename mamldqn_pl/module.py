@@ -109,20 +109,22 @@ class MAMLDQN(pl.LightningModule):
         return hp.epsilon_start + frac * (hp.epsilon_end - hp.epsilon_start)
 
     # ---- the meta-objective -------------------------------------------------------------------------------
-    def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
         """Inputs of the fast part and fixed TD targets from theta^- for a [tasks, N] batch."""
         next_q = self.target_net(data["next_obs"])
         return {
             "x": split.encode(data["obs"]),
             "actions": data["actions"],
-            "target": td_target(data["rewards"], data["terminated"], next_q, self.hparams.gamma),
+            "target": td_target(data["rewards"], data["terminated"], next_q, self.hparams.gamma,
+                                None if mask is None else mask.unsqueeze(1)),
         }
 
     def meta_objective(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Meta-loss L_M(theta) and, per task, the query TD loss before and after adaptation."""
         split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.hparams.adapt)
-        support = self._inner_batch(split, batch["support"])
-        query = self._inner_batch(split, batch["query"])
+        mask = batch.get("action_mask")
+        support = self._inner_batch(split, batch["support"], mask)
+        query = self._inner_batch(split, batch["query"], mask)
         post = self.inner.meta_losses(split.q_fn, split.fast, support, query)
         with torch.no_grad():
             pre = self.inner.losses_before(split.q_fn, split.fast, query)

@@ -32,7 +32,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Aggregate raw rows over tasks x seeds, for all tasks and per hidden group (flip / noflip)."""
     buckets: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
-        for group in ("all", r["group"]):
+        for group in ("all", r["group"]) if r["group"] else ("all",):
             buckets[(r["init"], group, r["budget"], r["k"])].append(r["return"])
     out = []
     for (init, group, budget, k), values in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3])):

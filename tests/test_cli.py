@@ -30,7 +30,8 @@ def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
         assert any(r.get(key) for r in rows), key
     ckpt = torch.load(trained_run / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20
-    assert "datamodule_hyper_parameters" in ckpt and ckpt["MetaDQNDataModule"]["buffers"]["size"].min() >= 40
+    assert "datamodule_hyper_parameters" in ckpt
+    assert ckpt["MetaDQNDataModule"]["ranks"][0]["buffers"]["size"].min() >= 40
 
 
 def test_test_writes_the_three_report_files(trained_run):
@@ -130,3 +131,16 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
     out = mamldqn("fit", *TINY, "--run_dir", str(tmp_path / "bad"), "--model.inner_steps", "-2")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "mamldqn: error: model.inner_steps: -2 must be >= 0"
+
+
+@pytest.mark.parametrize("config", ["nav2d", "mountaincar", "acrobot", "seed_cartpole_mountaincar", "cartpole_maml"])
+def test_every_config_fits_and_tests(config, tmp_path):
+    tiny_overrides = TINY[2:]  # TINY without its own --config
+    args = ["--config", f"configs/{config}.yaml", *tiny_overrides, "--run_dir", str(tmp_path / config)]
+    fit = mamldqn("fit", *args, "--trainer.max_steps", "10")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    test = mamldqn("test", *args, "--model.test_seeds", "[0]", "--model.test_ks", "[0, 1]",
+                   "--model.test_episodes", "1")
+    assert test.returncode == 0, test.stderr[-3000:]
+    summary = list(csv.DictReader(open(tmp_path / config / "adaptation.csv")))
+    assert {r["init"] for r in summary} == {"meta-init", "scratch"}

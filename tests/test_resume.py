@@ -68,7 +68,8 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(straight_run, tmp
     straight = torch.load(straight_run / "checkpoints/last.ckpt", weights_only=True)
     resumed = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     for key in ("size", "pos", "obs"):
-        assert torch.equal(straight["MetaDQNDataModule"]["buffers"][key], resumed["MetaDQNDataModule"]["buffers"][key])
+        assert torch.equal(straight["MetaDQNDataModule"]["ranks"][0]["buffers"][key],
+                           resumed["MetaDQNDataModule"]["ranks"][0]["buffers"][key])
 
 
 def test_kills_at_random_moments_always_leave_an_intact_checkpoint(straight_run, tmp_path):

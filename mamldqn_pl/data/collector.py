@@ -13,12 +13,24 @@ from mamldqn_pl.data.replay import ReplayBuffers
 QValues = Callable[[Tensor], Tensor]  # observations [n, obs_dim] -> action values [n, n_actions]
 
 
-def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator) -> Tensor:
-    """Greedy actions, each replaced by a uniform random action with probability epsilon."""
+def masked_argmax(q: Tensor, counts: Tensor | None) -> Tensor:
+    """argmax over each row's first counts[i] actions (a mixed family's smaller action sets)."""
+    if counts is None:
+        return q.argmax(dim=-1)
+    valid = torch.arange(q.shape[-1], device=q.device) < counts.to(q.device).unsqueeze(-1)
+    return q.masked_fill(~valid, float("-inf")).argmax(dim=-1)
+
+
+def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator, counts: Tensor | None = None) -> Tensor:
+    """Greedy actions, each replaced by a uniform random valid action with probability epsilon."""
     n, n_actions = q.shape
     explore = torch.rand(n, generator=generator) < epsilon
-    random_actions = torch.randint(n_actions, (n,), generator=generator)
-    return torch.where(explore, random_actions, q.argmax(dim=-1).cpu())
+    if counts is None or bool((counts == n_actions).all()):
+        random_actions = torch.randint(n_actions, (n,), generator=generator)
+        counts = None
+    else:
+        random_actions = (torch.rand(n, generator=generator) * counts).long()
+    return torch.where(explore, random_actions, masked_argmax(q, counts).cpu())
 
 
 class Collector:
@@ -44,7 +56,8 @@ class Collector:
     def step(self, slots: np.ndarray, q_values: QValues, epsilon: float) -> None:
         """One env step in each of `slots` with epsilon-greedy actions on q_values."""
         obs = torch.from_numpy(self.env.obs[slots])
-        actions = epsilon_greedy(q_values(obs), epsilon, self.generator)
+        counts = torch.from_numpy(self.env.action_counts[slots])
+        actions = epsilon_greedy(q_values(obs), epsilon, self.generator, counts)
         next_obs, reward, terminated, truncated = self.env.step(actions.numpy(), slots)
         tasks = torch.as_tensor(slots)
         self.buffers.add(tasks, obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),

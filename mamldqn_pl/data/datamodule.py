@@ -8,6 +8,7 @@ a worker process would hold stale copies of the policy and the buffers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -22,16 +23,14 @@ from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task, make_family
 
-DEFAULT_RANGES = {"length": [0.25, 1.0], "masspole": [0.05, 0.5], "masscart": [0.5, 2.0], "force_mag": [5.0, 15.0]}
-
 
 class _MetaStepTickets(IterableDataset):
     """Endless stream of tickets, one per meta-step; `on_before_batch_transfer` turns each into a meta-batch.
 
-    Lightning fetches one item ahead of the step it trains. Collecting there would act with weights one step
-    old and, at a checkpoint, leave a batch collected but never trained on. A ticket costs nothing, so the
-    collection happens right before its own meta-step, with the current weights, and a checkpoint taken after
-    step N holds exactly the data state after step N.
+    When Lightning cannot know an epoch's length (a float limit_train_batches) it fetches one item ahead of
+    the step it trains: collecting there would act with weights one step old and leave, at a checkpoint, a
+    batch collected but never trained on. A ticket costs nothing, so collection always happens right before
+    its own meta-step, with the current weights, and a checkpoint after step N holds the data state of step N.
     """
 
     def __iter__(self) -> Iterator[int]:
@@ -43,10 +42,14 @@ class MetaDQNDataModule(pl.LightningDataModule):
     """Owns the task pool, its environments and buffers, and yields one support/query batch per meta-step.
 
     Args:
-        family: task family name (`cartpole`).
-        ranges: {parameter: [low, high]} for training and validation tasks.
+        family: cartpole, mountaincar, acrobot, nav2d, gym (any env id) or mixed (several families).
+        ranges: {parameter: [low, high]} for training and validation tasks (default: the family's).
         test_ranges: ranges for the held-out test tasks (default: `ranges`).
-        flip: draw a hidden action flip (force sign +-1) per task.
+        flip: draw a hidden action flip per task (action a means n-1-a; CartPole: the force sign);
+            default: on for cartpole, off for the others.
+        env_id: the gymnasium env id of the `gym` family.
+        env_kwargs: family options (nav2d: directions 4 or 8).
+        members: for `mixed`, a list of {family, ranges, flip, env_id, env_kwargs}.
         pool_size: tasks in the training pool at once.
         tasks_per_batch: tasks sampled per meta-step (m).
         collect_steps: env steps per sampled task per meta-step.
@@ -66,7 +69,10 @@ class MetaDQNDataModule(pl.LightningDataModule):
         family: str = "cartpole",
         ranges: dict[str, list[float]] | None = None,
         test_ranges: dict[str, list[float]] | None = None,
-        flip: bool = True,
+        flip: bool | None = None,
+        env_id: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        members: list[dict[str, Any]] | None = None,
         pool_size: int = 64,
         tasks_per_batch: int = 32,
         collect_steps: int = 4,
@@ -85,10 +91,11 @@ class MetaDQNDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        ranges = DEFAULT_RANGES if ranges is None else ranges
-        self.family = make_family(family, ranges, flip, "data.ranges")
-        self.test_family = make_family(family, ranges if test_ranges is None else test_ranges, flip,
-                                       "data.test_ranges")
+        self.family = make_family(family, ranges, flip, env_id, env_kwargs, members, "data.ranges")
+        require(test_ranges is None or family != "mixed", "data.test_ranges: give test ranges per member of a "
+                "mixed family is not supported; leave test_ranges unset")
+        self.test_family = self.family if test_ranges is None else make_family(
+            family, test_ranges, flip, env_id, env_kwargs, None, "data.test_ranges")
         for name in ("pool_size", "tasks_per_batch", "collect_steps", "support_size", "query_size",
                      "buffer_capacity", "n_val_tasks", "n_test_tasks"):
             value = self.hparams[name]
@@ -193,10 +200,12 @@ class MetaDQNDataModule(pl.LightningDataModule):
         support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
         self._retire()
         self.batches += 1
+        counts = torch.from_numpy(self.env.action_counts[slots])
         return {
             "support": support,
             "query": query,
             "tasks": tasks,
+            "action_mask": torch.arange(self.n_actions).unsqueeze(0) < counts.unsqueeze(1),
             "episode_returns": torch.tensor(self.collector.pop_finished_returns(), dtype=torch.float32),
             "env_steps": torch.tensor(len(slots) * hp.collect_steps),
         }
@@ -207,10 +216,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
         if not self._built:
             return {}
         local = {
-            "pool": [{"params": t.params, "flip": t.flip} for t in self.pool],
+            "pool": [t.to_dict() for t in self.pool],
             "buffers": self.buffers.state_dict(),
-            "env_state": torch.from_numpy(self.env.state.copy()),
-            "env_elapsed": torch.from_numpy(self.env.elapsed.copy()),
+            "env": self.env.get_state(),
             "running_return": self.collector.running_return.clone(),
             "env_steps": self.collector.env_steps.clone(),
             "warm": torch.from_numpy(self.warm.copy()),
@@ -244,10 +252,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
         require(len(state["pool"]) == self.hparams.pool_size,
                 f"checkpoint from another config: task pool of {len(state['pool'])}, this config has "
                 f"data.pool_size = {self.hparams.pool_size}")
-        self.pool = [Task(params=t["params"], flip=t["flip"], index=i) for i, t in enumerate(state["pool"])]
+        self.pool = [Task(**t) for t in state["pool"]]
         self.env.set_tasks(np.arange(len(self.pool)), self.pool)
-        self.env.state[:] = state["env_state"].numpy()
-        self.env.elapsed[:] = state["env_elapsed"].numpy()
+        self.env.set_state(state["env"])
         try:
             self.buffers.load_state_dict(state["buffers"])
         except ValueError as err:

@@ -9,9 +9,15 @@ from torch import Tensor
 TD_LOSSES = ("huber", "mse")
 
 
-def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float) -> Tensor:
-    """r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-); bootstraps through truncation, never termination."""
+def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float,
+              action_mask: Tensor | None = None) -> Tensor:
+    """r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-); bootstraps through truncation, never termination.
+
+    `action_mask` (broadcastable to next_q_target) keeps actions a task does not have out of the max.
+    """
     with torch.no_grad():
+        if action_mask is not None:
+            next_q_target = next_q_target.masked_fill(~action_mask, float("-inf"))
         return rewards + gamma * (1.0 - terminated) * next_q_target.max(dim=-1).values
 
 

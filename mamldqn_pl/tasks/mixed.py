@@ -1,0 +1,114 @@
+"""Mixed families: one meta-batch whose tasks come from different environments (the seed's CartPole +
+MountainCar example). Observations are scaled per member and zero-padded to the largest dimension; each
+slot carries its action count, and actions beyond it are masked out of every max, argmax and random choice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from mamldqn_pl.errors import require
+from mamldqn_pl.tasks.family import Family, Task
+
+
+class MixedEnv:
+    """The BatchedEnv interface over one batched env per member; every member env has all N slots and a slot
+    is stepped by the member that owns its current task."""
+
+    def __init__(self, family: MixedFamily, tasks: Sequence[Task], generator: torch.Generator) -> None:
+        self.family, self.generator = family, generator
+        self.obs_dim, self.n_actions = family.obs_dim, family.n_actions
+        n = len(tasks)
+        self.envs = [m.batched([Task(params={})] * n, generator) for m in family.members]
+        self.scales = [np.asarray(m.obs_scale, dtype=np.float32) for m in family.members]
+        self.max_episode_steps = max(e.max_episode_steps for e in self.envs)
+        self.owner = np.zeros(n, dtype=np.int64)
+        self.set_tasks(np.arange(n), tasks)
+        self.reset()
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    @property
+    def action_counts(self) -> np.ndarray:
+        return np.array([self.family.members[j].n_actions for j in self.owner], dtype=np.int64)
+
+    def set_tasks(self, idx: np.ndarray, tasks: Sequence[Task]) -> None:
+        for i, task in zip(np.asarray(idx).tolist(), tasks):
+            self.owner[i] = task.member
+            self.envs[task.member].set_tasks(np.array([i]), [task])
+
+    def reset(self, idx: np.ndarray | None = None) -> None:
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        for j, env in enumerate(self.envs):
+            env.reset(idx[self.owner[idx] == j])
+
+    def _pad(self, j: int, obs: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(obs), self.obs_dim), dtype=np.float32)
+        out[:, : obs.shape[1]] = obs / self.scales[j]
+        return out
+
+    @property
+    def obs(self) -> np.ndarray:
+        out = np.zeros((len(self), self.obs_dim), dtype=np.float32)
+        for j, env in enumerate(self.envs):
+            rows = np.flatnonzero(self.owner == j)
+            out[rows] = self._pad(j, env.obs[rows])
+        return out
+
+    def step(self, actions: np.ndarray, idx: np.ndarray | None = None):
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        actions = np.asarray(actions)
+        next_obs = np.zeros((len(idx), self.obs_dim), dtype=np.float32)
+        reward = np.zeros(len(idx), dtype=np.float32)
+        terminated = np.zeros(len(idx), dtype=bool)
+        truncated = np.zeros(len(idx), dtype=bool)
+        for j, env in enumerate(self.envs):
+            sel = self.owner[idx] == j
+            if sel.any():
+                o, reward[sel], terminated[sel], truncated[sel] = env.step(actions[sel], idx[sel])
+                next_obs[sel] = self._pad(j, o)
+        return next_obs, reward, terminated, truncated
+
+    def get_state(self) -> dict:
+        return {"owner": torch.from_numpy(self.owner.copy()),
+                "members": [env.get_state() for env in self.envs]}
+
+    def set_state(self, state: dict) -> None:
+        self.owner[:] = state["owner"].numpy()
+        for env, s in zip(self.envs, state["members"]):
+            env.set_state(s)
+
+
+class MixedFamily(Family):
+    """Members are families; task i belongs to member i mod k (every member equally often)."""
+
+    name = "mixed"
+
+    def __init__(self, members: Sequence[Family]) -> None:
+        require(len(members) >= 2, "data.members: a mixed family needs at least two member families")
+        self.members = list(members)
+        self.obs_dim = max(m.obs_dim for m in members)
+        self.n_actions = max(m.n_actions for m in members)
+        self.obs_scale = tuple(1.0 for _ in range(self.obs_dim))  # each member's scale is applied in MixedEnv
+        self.flip = any(m.flip for m in members)
+
+    def sample(self, n: int, generator: torch.Generator, balanced: bool = False) -> list[Task]:
+        k = len(self.members)
+        per_member = [m.sample(len(range(j, n, k)), generator, balanced) for j, m in enumerate(self.members)]
+        tasks = []
+        for i in range(n):
+            j = i % k
+            t = per_member[j][i // k]
+            group = self.members[j].name + (f"-{t.group}" if t.group else "")
+            tasks.append(replace(t, index=i, member=j, group=group))
+        return tasks
+
+    def make_env(self, task: Task):
+        return self.members[task.member].make_env(task)
+
+    def batched(self, tasks: Sequence[Task], generator: torch.Generator) -> MixedEnv:
+        return MixedEnv(self, tasks, generator)

@@ -1,0 +1,62 @@
+"""Mixed families: zero padding and action masking, so a masked action is never chosen or bootstrapped from."""
+
+import numpy as np
+import torch
+
+from mamldqn_pl.data import MetaDQNDataModule, epsilon_greedy
+from mamldqn_pl.data.collector import masked_argmax
+from mamldqn_pl.meta import td_target
+from mamldqn_pl.seeding import make_generator
+from mamldqn_pl.tasks import make_family
+
+MEMBERS = [{"family": "cartpole", "flip": False}, {"family": "mountaincar"}]
+
+
+def test_mixed_env_pads_observations_and_reports_action_counts():
+    family = make_family("mixed", members=MEMBERS)
+    assert (family.obs_dim, family.n_actions) == (4, 3)
+    tasks = family.sample(6, make_generator(0))
+    assert [t.member for t in tasks] == [0, 1, 0, 1, 0, 1]
+    assert [t.group for t in tasks] == ["cartpole", "mountaincar"] * 3
+    env = family.batched(tasks, make_generator(0))
+    assert env.action_counts.tolist() == [2, 3, 2, 3, 2, 3]
+    obs = env.obs
+    assert np.all(obs[1::2, 2:] == 0.0) and np.all(obs[0::2, 2:] != 0.0)
+    np.testing.assert_allclose(obs[1::2, 0] * 1.2, env.envs[1].obs[1::2, 0], rtol=1e-6)  # scaled per member
+    next_obs, reward, *_ = env.step(np.array([1, 2, 0, 0, 1, 1]))
+    assert np.all(next_obs[1::2, 2:] == 0.0) and reward.tolist() == [1, -1] * 3
+
+
+def test_epsilon_greedy_never_picks_a_masked_action():
+    counts = torch.tensor([2, 3] * 500)
+    q = torch.zeros(1000, 3)
+    q[:, 2] = 100.0  # the masked action looks best
+    g = make_generator(0)
+    for eps in (0.0, 0.5, 1.0):
+        actions = epsilon_greedy(q, eps, g, counts)
+        assert (actions < counts).all()
+        if eps == 1.0:
+            assert set(actions[1::2].tolist()) == {0, 1, 2} and set(actions[0::2].tolist()) == {0, 1}
+    assert masked_argmax(q, counts)[0::2].eq(0).all() and masked_argmax(q, counts)[1::2].eq(2).all()
+
+
+def test_td_target_never_bootstraps_from_a_masked_action():
+    next_q = torch.tensor([[1.0, 2.0, 50.0], [1.0, 2.0, 50.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    target = td_target(torch.zeros(2), torch.zeros(2), next_q, 1.0, mask)
+    assert target.tolist() == [2.0, 50.0]
+
+
+def test_mixed_meta_batches_carry_masks_and_only_valid_actions():
+    dm = MetaDQNDataModule(family="mixed", members=MEMBERS, pool_size=6, tasks_per_batch=4, support_size=16,
+                           query_size=16, learning_starts=40, adapt_budget=20, buffer_capacity=100, n_val_tasks=2,
+                           n_test_tasks=2, retire_after=0)
+    dm._build(rank=0)
+    dm.attach_policy(lambda obs: torch.tensor([[0.0, 0.0, 9.0]]).expand(len(obs), 3), lambda: 0.3)
+    batch = dm.next_batch()
+    counts = torch.from_numpy(dm.env.action_counts)[batch["tasks"]]
+    assert torch.equal(batch["action_mask"].sum(1), counts)
+    for part in ("support", "query"):
+        assert (batch[part]["actions"] < counts.unsqueeze(1)).all()
+    cartpole_slots = torch.from_numpy(dm.env.owner == 0)
+    assert (dm.buffers.actions[cartpole_slots] < 2).all()
