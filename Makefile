@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/cartpole.yaml
 RUN_DIR ?= lightning_logs/cartpole
 
-.PHONY: run test venv lint clean
+.PHONY: run test bench venv clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -31,3 +31,7 @@ test: venv
 
 clean:
 	rm -rf $(VENV) lightning_logs/*/
+
+# Speed goals of issue 7: ratios measured side by side, medians over repeats, printed as a markdown table.
+bench: venv
+	$(BIN)/python benchmarks/bench.py

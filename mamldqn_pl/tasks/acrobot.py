@@ -32,35 +32,51 @@ class BatchedAcrobot(BatchedEnv):
     def _initial_state(self, n: int) -> np.ndarray:
         return self.uniform(n, 4, -0.1, 0.1).astype(np.float32).astype(np.float64)  # gymnasium keeps float32
 
-    def _dsdt(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    def _derive(self) -> None:
+        """Per-slot products that gymnasium's _dsdt computes every call, grouped exactly as its expressions
+        associate (left to right), so that the results stay bitwise equal."""
         c = self.consts
-        m1, m2, l1 = c["link_mass_1"][idx], c["link_mass_2"][idx], c["link_length_1"][idx]
-        lc1, lc2 = c["link_length_1"][idx] / 2, c["link_length_2"][idx] / 2
+        m1, m2, l1 = c["link_mass_1"], c["link_mass_2"], c["link_length_1"]
+        lc1, lc2 = c["link_length_1"] / 2, c["link_length_2"] / 2
+        self.derived = {
+            "m2": m2,
+            "d1_a": m1 * lc1**2,                      # m1 * lc1**2
+            "d1_b": l1**2 + lc2**2,                   # l1**2 + lc2**2
+            "d1_c": 2 * l1 * lc2,                     # 2 * l1 * lc2
+            "d2_a": lc2**2,
+            "d2_b": l1 * lc2,
+            "phi2": m2 * lc2 * self.g,                # m2 * lc2 * g
+            "phi1_a": -m2 * l1 * lc2,                 # -m2 * l1 * lc2
+            "phi1_b": 2 * m2 * l1 * lc2,              # 2 * m2 * l1 * lc2
+            "phi1_c": (m1 * lc1 + m2 * l1) * self.g,  # (m1 * lc1 + m2 * l1) * g
+            "dd_a": m2 * l1 * lc2,                    # m2 * l1 * lc2
+            "dd_b": m2 * lc2**2 + self.moi,           # m2 * lc2**2 + I2
+        }
+
+    def _dsdt(self, y: np.ndarray, k: dict[str, np.ndarray]) -> np.ndarray:
+        """gymnasium's AcrobotEnv._dsdt ("book"), on rows of [theta1, theta2, dtheta1, dtheta2, torque]."""
         i1 = i2 = self.moi
-        g, pi = self.g, np.pi
+        pi = np.pi
         a, theta1, theta2, dtheta1, dtheta2 = y[:, 4], y[:, 0], y[:, 1], y[:, 2], y[:, 3]
-        d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * np.cos(theta2)) + i1 + i2
-        d2 = m2 * (lc2**2 + l1 * lc2 * np.cos(theta2)) + i2
-        phi2 = m2 * lc2 * g * np.cos(theta1 + theta2 - pi / 2.0)
-        phi1 = (
-            -m2 * l1 * lc2 * dtheta2**2 * np.sin(theta2)
-            - 2 * m2 * l1 * lc2 * dtheta2 * dtheta1 * np.sin(theta2)
-            + (m1 * lc1 + m2 * l1) * g * np.cos(theta1 - pi / 2)
-            + phi2
-        )
-        ddtheta2 = (a + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1**2 * np.sin(theta2) - phi2) / (
-            m2 * lc2**2 + i2 - d2**2 / d1)
+        cos2, sin2 = np.cos(theta2), np.sin(theta2)
+        d1 = k["d1_a"] + k["m2"] * (k["d1_b"] + k["d1_c"] * cos2) + i1 + i2
+        d2 = k["m2"] * (k["d2_a"] + k["d2_b"] * cos2) + i2
+        phi2 = k["phi2"] * np.cos(theta1 + theta2 - pi / 2.0)
+        phi1 = (k["phi1_a"] * dtheta2**2 * sin2 - k["phi1_b"] * dtheta2 * dtheta1 * sin2
+                + k["phi1_c"] * np.cos(theta1 - pi / 2) + phi2)
+        ddtheta2 = (a + d2 / d1 * phi1 - k["dd_a"] * dtheta1**2 * sin2 - phi2) / (k["dd_b"] - d2**2 / d1)
         ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
         return np.stack([dtheta1, dtheta2, ddtheta1, ddtheta2, np.zeros_like(a)], axis=1)
 
-    def _dynamics(self, state: np.ndarray, actions: np.ndarray, idx: np.ndarray):
+    def _dynamics(self, state: np.ndarray, actions: np.ndarray, idx):
+        k = {name: v[idx] for name, v in self.derived.items()}
         y0 = np.concatenate([state, self.torques[actions][:, None]], axis=1)
         dt = self.dt
         dt2 = dt / 2.0
-        k1 = self._dsdt(y0, idx)
-        k2 = self._dsdt(y0 + dt2 * k1, idx)
-        k3 = self._dsdt(y0 + dt2 * k2, idx)
-        k4 = self._dsdt(y0 + dt * k3, idx)
+        k1 = self._dsdt(y0, k)
+        k2 = self._dsdt(y0 + dt2 * k1, k)
+        k3 = self._dsdt(y0 + dt2 * k2, k)
+        k4 = self._dsdt(y0 + dt * k3, k)
         ns = (y0 + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))[:, :4]
         ns[:, 0] = _wrap(ns[:, 0], -np.pi, np.pi)
         ns[:, 1] = _wrap(ns[:, 1], -np.pi, np.pi)

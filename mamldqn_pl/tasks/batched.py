@@ -72,15 +72,17 @@ class BatchedEnv:
         self, actions: np.ndarray, idx: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Step slots `idx` (all if None); returns next_obs, reward, terminated, truncated for those slots."""
-        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        sel = slice(None) if idx is None else np.asarray(idx)  # all slots: views, no gathers
         actions = np.asarray(actions)
-        actions = np.where(self.flip[idx] < 0, self.n_actions - 1 - actions, actions)  # the hidden flip
-        new_state, reward, terminated = self._dynamics(self.state[idx], actions, idx)
-        self.state[idx] = new_state
-        self.elapsed[idx] += 1
-        truncated = self.elapsed[idx] >= self.max_episode_steps
+        actions = np.where(self.flip[sel] < 0, self.n_actions - 1 - actions, actions)  # the hidden flip
+        new_state, reward, terminated = self._dynamics(self.state[sel], actions, sel)
+        self.state[sel] = new_state
+        self.elapsed[sel] += 1
+        truncated = self.elapsed[sel] >= self.max_episode_steps
         next_obs = self._observe(new_state)
-        self.reset(idx[terminated | truncated])
+        done = terminated | truncated
+        if done.any():
+            self.reset(np.flatnonzero(done) if idx is None else sel[done])
         return next_obs, reward.astype(np.float32), terminated, truncated
 
     def get_state(self) -> dict[str, torch.Tensor]:
@@ -94,8 +96,9 @@ class BatchedEnv:
     def _initial_state(self, n: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _dynamics(self, state: np.ndarray, actions: np.ndarray, idx: np.ndarray):
-        """Returns (new_state, reward, terminated) for the slots idx, given their state and actions."""
+    def _dynamics(self, state: np.ndarray, actions: np.ndarray, idx: np.ndarray | slice):
+        """Returns (new_state, reward, terminated) for the slots idx (an index array, or a slice for all),
+        given their state and actions."""
         raise NotImplementedError
 
     def _observe(self, state: np.ndarray) -> np.ndarray:

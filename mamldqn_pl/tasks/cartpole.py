@@ -43,7 +43,7 @@ class BatchedCartPole(BatchedEnv):
         theta_dot = theta_dot + self.tau * thetaacc
         terminated = (x < -self.x_threshold) | (x > self.x_threshold) | (theta < -self.theta_threshold) | (
             theta > self.theta_threshold)
-        return np.stack([x, x_dot, theta, theta_dot], axis=1), np.ones(len(idx)), terminated
+        return np.stack([x, x_dot, theta, theta_dot], axis=1), np.ones(len(state)), terminated
 
 
 class CartPoleFamily(Family):

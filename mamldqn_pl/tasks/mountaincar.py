@@ -29,7 +29,7 @@ class BatchedMountainCar(BatchedEnv):
         position = np.clip(position + velocity, self.min_position, self.max_position)
         velocity = np.where((position == self.min_position) & (velocity < 0), 0.0, velocity)
         terminated = (position >= c["goal_position"][idx]) & (velocity >= self.goal_velocity)
-        return np.stack([position, velocity], axis=1), -np.ones(len(idx)), terminated
+        return np.stack([position, velocity], axis=1), -np.ones(len(state)), terminated
 
 
 class MountainCarFamily(Family):

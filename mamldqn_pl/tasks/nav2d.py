@@ -67,7 +67,7 @@ class BatchedNav2D(BatchedEnv):
         c = self.consts
         pos = np.clip(state + c["step_size"][idx, None] * self.move_table[actions], -BOUND, BOUND)
         dist = np.sqrt(np.square(pos[:, 0] - c["goal_x"][idx]) + np.square(pos[:, 1] - c["goal_y"][idx]))
-        return pos, -dist, np.zeros(len(idx), dtype=bool)
+        return pos, -dist, np.zeros(len(state), dtype=bool)
 
 
 class BatchedNav2D8(BatchedNav2D):

@@ -1,0 +1,208 @@
+"""`make bench`: the speed goals of issue 7, each a ratio measured side by side in one run (medians over
+repeats), printed as a markdown table.
+
+(a) vmapped meta-step vs a per-task Python loop (learn2learn/higher style), with a gradient-equality check
+(b) batched NumPy envs vs gymnasium's SyncVectorEnv over the same tasks
+(c) meta-steps/s of `mamldqn fit` on the default config vs the bare meta-step on the same batches
+(d) peak resident memory of a `mamldqn fit` process on the default config
+
+    .venv/bin/python benchmarks/bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from mamldqn_pl import MAMLDQN, MetaDQNDataModule
+from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
+from mamldqn_pl.meta import td_loss
+from mamldqn_pl.seeding import make_generator
+from mamldqn_pl.tasks import make_family
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_batch(n_tasks: int, n: int = 128) -> dict:
+    g = torch.Generator().manual_seed(n_tasks)
+
+    def part():
+        return {"obs": torch.randn(n_tasks, n, 4, generator=g), "actions": torch.randint(2, (n_tasks, n), generator=g),
+                "rewards": torch.ones(n_tasks, n), "next_obs": torch.randn(n_tasks, n, 4, generator=g),
+                "terminated": (torch.rand(n_tasks, n, generator=g) < 0.05).float()}
+    return {"support": part(), "query": part()}
+
+
+def loop_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
+    """The per-task Python loop a learn2learn/higher user writes: adapt each task in turn with
+    torch.autograd.grad (create_graph for second order); for head-only, the body's features once per task."""
+    hp, net = model.hparams, model.net
+    params = dict(net.named_parameters())
+    head_only = hp.adapt == "head"
+    n_tasks = batch["support"]["obs"].shape[0]
+    total = 0.0
+    for t in range(n_tasks):
+        s = {k: v[t] for k, v in batch["support"].items()}
+        q = {k: v[t] for k, v in batch["query"].items()}
+        with torch.no_grad():
+            ts = s["rewards"] + hp.gamma * (1 - s["terminated"]) * model.target_net(s["next_obs"]).max(-1).values
+            tq = q["rewards"] + hp.gamma * (1 - q["terminated"]) * model.target_net(q["next_obs"]).max(-1).values
+        if head_only:
+            xs, xq = net.body(s["obs"]), net.body(q["obs"])
+            fast = {"weight": net.head.weight, "bias": net.head.bias}
+
+            def qf(f, x):
+                return torch.func.functional_call(net.head, f, (x,))
+        else:
+            xs, xq = s["obs"], q["obs"]
+            fast = dict(params)
+
+            def qf(f, x):
+                return torch.func.functional_call(net, f, (x,))
+        for _ in range(hp.inner_steps):
+            loss = td_loss(qf(fast, xs), s["actions"], ts, hp.td_loss)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not hp.first_order)
+            fast = {k: w - hp.inner_lr * g for (k, w), g in zip(fast.items(), grads)}
+        total = total + td_loss(qf(fast, xq), q["actions"], tq, hp.td_loss)
+    return torch.autograd.grad(total / n_tasks, list(params.values()))
+
+
+def vmapped_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
+    meta_loss, _, _ = model.meta_objective(batch)
+    return torch.autograd.grad(meta_loss, list(model.net.parameters()))
+
+
+def bench_meta_step(repeats: int, task_counts: list[int]) -> None:
+    for adapt in ("head", "all"):
+        for first_order in (False, True):
+            for n_tasks in task_counts:
+                torch.manual_seed(0)
+                model = MAMLDQN(adapt=adapt, first_order=first_order, inner_steps=3)
+                batch = random_batch(n_tasks)
+                err = max((a - b).abs().max().item() for a, b in zip(vmapped_meta_grad(model, batch),
+                                                                      loop_meta_grad(model, batch)))
+                t_vmap = median_time(partial(vmapped_meta_grad, model, batch), repeats)
+                t_loop = median_time(partial(loop_meta_grad, model, batch), repeats)
+                order = "first" if first_order else "second"
+                ROWS.append((f"(a) meta-step, {adapt}, {order} order, {n_tasks} tasks, K=3",
+                             f"{1 / t_vmap:.1f} steps/s vmapped vs {1 / t_loop:.1f} loop (grad err {err:.1e})",
+                             f"{t_loop / t_vmap:.2f}x", ">= 4x at 16 tasks" if n_tasks == 16 else ""))
+
+
+def step_all(step, actions: np.ndarray) -> None:
+    for a in actions:
+        step(a)
+
+
+def bench_envs(repeats: int, n_envs: int, steps: int) -> None:
+    for name in ("cartpole", "mountaincar", "acrobot"):
+        family = make_family(name)
+        tasks = family.sample(n_envs, make_generator(0))
+        actions = np.random.default_rng(0).integers(family.n_actions, size=(steps, n_envs))
+        batched = family.batched(tasks, make_generator(1))
+        sync = gym.vector.SyncVectorEnv([partial(family.make_env, t) for t in tasks],
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        sync.reset(seed=0)
+        run_batched, run_sync = partial(step_all, batched.step, actions), partial(step_all, sync.step, actions)
+        t_b, t_s = median_time(run_batched, repeats), median_time(run_sync, repeats)
+        ROWS.append((f"(b) {name}: {n_envs} tasks x {steps} steps", f"{n_envs * steps / t_b:,.0f} env-steps/s batched "
+                     f"vs {n_envs * steps / t_s:,.0f} SyncVectorEnv", f"{t_s / t_b:.1f}x", ">= 30x"))
+        sync.close()
+
+
+class _StepClock(pl.Callback):
+    """Timestamps of meta-steps, to time the steady state (after the buffers' warm start)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter())
+
+
+def bench_fit_vs_bare(steps: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = MAMLDQNCLI(MAMLDQN, MetaDQNDataModule, run=False, trainer_defaults=TRAINER_DEFAULTS,
+                         seed_everything_default=0, args=["--config", str(ROOT / "configs/cartpole.yaml"),
+                                                          "--run_dir", tmp, "--trainer.max_steps", str(steps),
+                                                          "--trainer.enable_progress_bar", "false"])
+        clock = _StepClock()
+        cli.trainer.callbacks.append(clock)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        skip = min(50, steps // 4)
+        fit_rate = (len(clock.times) - 1 - skip) / (clock.times[-1] - clock.times[skip])
+        model, dm = cli.model, cli.datamodule
+        batches = [dm.next_batch() for _ in range(100)]
+        opt = torch.optim.Adam(model.net.parameters(), lr=model.hparams.meta_lr)
+
+        def bare():
+            for batch in batches:
+                loss, _, _ = model.meta_objective(batch)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.net.parameters(), model.hparams.grad_clip)
+                opt.step()
+
+        bare_rate = len(batches) / median_time(bare, 3)
+    ROWS.append((f"(c) `mamldqn fit` default config ({steps} steps, validation and checkpoints included) "
+                 "vs bare meta-step on its batches", f"{fit_rate:.1f} vs {bare_rate:.1f} meta-steps/s",
+                 f"{fit_rate / bare_rate:.0%}", ">= 90%"))
+
+
+def bench_memory(steps: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", "--config", str(ROOT / "configs/cartpole.yaml"),
+                        "--run_dir", tmp, "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar",
+                        "false"], check=True, capture_output=True, cwd=ROOT)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ROWS.append((f"(d) peak RSS of `mamldqn fit` (default config, {steps} steps)",
+                 f"{max(peak, before) / 1024:.0f} MiB", "", "<= 1 GB"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="mamldqn_pl speed benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    repeats = 3 if args.quick else 7
+    bench_meta_step(repeats, [4, 16] if args.quick else [4, 16, 64])
+    bench_envs(repeats, 64 if args.quick else 256, 50 if args.quick else 200)
+    bench_fit_vs_bare(500 if args.quick else 1000)
+    bench_memory(500 if args.quick else 1000)
+    print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, "
+          f"torch {torch.__version__}, medians over {repeats} repeats\n")
+    print("| measurement | figures | ratio | target |\n|---|---|---|---|")
+    for row in ROWS:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
