@@ -85,7 +85,8 @@ class MAMLDQN(pl.LightningModule):
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
         self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=first_order, loss=td_loss)
         self.episode_return = MeanMetric()
-        self._last_step_time: float | None = None
+        self._last_log_time: float | None = None
+        self._env_steps_since_log = 0
 
     # ---- wiring -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -154,6 +155,15 @@ class MAMLDQN(pl.LightningModule):
                                      f"checkpoint is {self.trainer.default_root_dir}/checkpoints/last.ckpt")
 
     def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor, post: Tensor) -> None:
+        """Log every log_every_n_steps meta-steps only: Lightning writes no more often, and a self.log call
+        costs about as much as a tenth of a meta-step. Rates are averaged over the steps since the last log."""
+        returns = batch["episode_returns"]
+        if returns.numel():
+            self.episode_return.update(returns)
+        self._env_steps_since_log += int(batch["env_steps"])
+        every = self.trainer.log_every_n_steps
+        if every == 0 or self.global_step % every:
+            return
         now = time.perf_counter()
         logs = {
             "train/meta_loss": meta_loss.detach(),
@@ -161,17 +171,14 @@ class MAMLDQN(pl.LightningModule):
             "train/query_loss_post": post.mean(),
             "train/epsilon": self.epsilon(),
         }
-        if self._last_step_time is not None:
-            dt = now - self._last_step_time
-            logs["perf/meta_steps_per_s"] = 1.0 / dt
-            logs["perf/env_steps_per_s"] = float(batch["env_steps"]) / dt
-        self._last_step_time = now
+        if self._last_log_time is not None:
+            dt = now - self._last_log_time
+            logs["perf/meta_steps_per_s"] = every / dt
+            logs["perf/env_steps_per_s"] = self._env_steps_since_log / dt
+        self._last_log_time, self._env_steps_since_log = now, 0
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
         self.log("meta_loss", logs["train/meta_loss"], prog_bar=True, logger=False, batch_size=1)
-        returns = batch["episode_returns"]
-        if returns.numel():
-            self.episode_return.update(returns)
-        if self.global_step % self.trainer.log_every_n_steps == 0 and self.episode_return.update_count:
+        if self.episode_return.update_count:
             self.log("train/episode_return", self.episode_return.compute(), on_step=True, prog_bar=True,
                      batch_size=1)
             self.episode_return.reset()

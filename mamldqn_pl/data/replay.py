@@ -40,8 +40,13 @@ class ReplayBuffers:
 
     def gather(self, tasks: Tensor, slots: Tensor) -> dict[str, Tensor]:
         """Transitions at `slots` [m, n] of buffers `tasks` [m], each field shaped [m, n, ...]."""
-        rows = tasks.unsqueeze(1)
-        return {name: getattr(self, name)[rows, slots] for name in FIELDS}
+        flat = (tasks.unsqueeze(1) * self.capacity + slots).reshape(-1)  # one index_select per field: cheaper
+        out = {}
+        for name in FIELDS:
+            field = getattr(self, name)
+            picked = field.reshape(-1, *field.shape[2:]).index_select(0, flat)
+            out[name] = picked.view(*slots.shape, *field.shape[2:])
+        return out
 
     def sample_disjoint(
         self, tasks: Tensor, n_support: int, n_query: int, generator: torch.Generator
@@ -53,7 +58,7 @@ class ReplayBuffers:
             raise RuntimeError(f"buffers {tasks[short].tolist()} hold fewer than {need} transitions")
         keys = torch.rand(len(tasks), self.capacity, generator=generator)
         keys[torch.arange(self.capacity).unsqueeze(0) >= self.size[tasks].unsqueeze(1)] = 2.0  # empty slots last
-        slots = keys.argsort(dim=1)[:, :need]
+        slots = keys.topk(need, dim=1, largest=False).indices  # the `need` smallest keys, in key order
         return self.gather(tasks, slots[:, :n_support]), self.gather(tasks, slots[:, n_support:])
 
     def state_dict(self) -> dict[str, Tensor]:
