@@ -120,21 +120,25 @@ class MAMLDQN(pl.LightningModule):
                                 None if mask is None else mask.unsqueeze(1)),
         }
 
-    def meta_objective(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """Meta-loss L_M(theta) and, per task, the query TD loss before and after adaptation."""
+    def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Meta-loss L_M(theta) and, per task, the query TD loss before (only `with_pre`: it costs a pass)
+        and after adaptation."""
         split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.hparams.adapt)
         mask = batch.get("action_mask")
         support = self._inner_batch(split, batch["support"], mask)
         query = self._inner_batch(split, batch["query"], mask)
         post = self.inner.meta_losses(split.q_fn, split.fast, support, query)
-        with torch.no_grad():
-            pre = self.inner.losses_before(split.q_fn, split.fast, query)
+        pre = None
+        if with_pre:
+            with torch.no_grad():
+                pre = self.inner.losses_before(split.q_fn, split.fast, query)
         meta_loss = post.sum() if self.hparams.meta_reduction == "sum" else post.mean()
         return meta_loss, pre, post.detach()
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         opt = self.optimizers()
-        meta_loss, pre, post = self.meta_objective(batch)
+        logging_step = self._logs_at(self.global_step + 1)  # global_step counts this step once opt.step() ran
+        meta_loss, pre, post = self.meta_objective(batch, with_pre=logging_step)
         self._stop_if_diverged(meta_loss, "meta-loss")
         opt.zero_grad()
         self.manual_backward(meta_loss)
@@ -154,16 +158,20 @@ class MAMLDQN(pl.LightningModule):
             raise FloatingPointError(f"{what} {shown} at meta-step {self.global_step}; stopped. The last good "
                                      f"checkpoint is {self.trainer.default_root_dir}/checkpoints/last.ckpt")
 
-    def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor, post: Tensor) -> None:
+    def _logs_at(self, step: int) -> bool:
+        every = self.trainer.log_every_n_steps
+        return every > 0 and step % every == 0
+
+    def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor | None, post: Tensor) -> None:
         """Log every log_every_n_steps meta-steps only: Lightning writes no more often, and a self.log call
         costs about as much as a tenth of a meta-step. Rates are averaged over the steps since the last log."""
         returns = batch["episode_returns"]
         if returns.numel():
             self.episode_return.update(returns)
         self._env_steps_since_log += int(batch["env_steps"])
-        every = self.trainer.log_every_n_steps
-        if every == 0 or self.global_step % every:
+        if not self._logs_at(self.global_step):
             return
+        every = self.trainer.log_every_n_steps
         now = time.perf_counter()
         logs = {
             "train/meta_loss": meta_loss.detach(),
