@@ -109,8 +109,8 @@ class _DivergesAt(MAMLDQN):
         super().__init__(**kw)
         self.bad_step = bad_step
 
-    def meta_objective(self, batch):
-        loss, pre, post = super().meta_objective(batch)
+    def meta_objective(self, batch, with_pre=True):
+        loss, pre, post = super().meta_objective(batch, with_pre)
         return (loss * float("nan"), pre, post) if self.global_step == self.bad_step else (loss, pre, post)
 
 
