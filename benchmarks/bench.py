@@ -64,7 +64,7 @@ def loop_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
     torch.autograd.grad (create_graph for second order); for head-only, the body's features once per task."""
     hp, net = model.hparams, model.net
     params = dict(net.named_parameters())
-    head_only = hp.adapt == "head"
+    head_only = model.adapt == "head"
     n_tasks = batch["support"]["obs"].shape[0]
     total = 0.0
     for t in range(n_tasks):
@@ -87,7 +87,7 @@ def loop_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
                 return torch.func.functional_call(net, f, (x,))
         for _ in range(hp.inner_steps):
             loss = td_loss(qf(fast, xs), s["actions"], ts, hp.td_loss)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not hp.first_order)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not model.first_order)
             fast = {k: w - hp.inner_lr * g for (k, w), g in zip(fast.items(), grads)}
         total = total + td_loss(qf(fast, xq), q["actions"], tq, hp.td_loss)
     return torch.autograd.grad(total / n_tasks, list(params.values()))
@@ -103,7 +103,7 @@ def bench_meta_step(repeats: int, task_counts: list[int]) -> None:
         for first_order in (False, True):
             for n_tasks in task_counts:
                 torch.manual_seed(0)
-                model = MAMLDQN(adapt=adapt, first_order=first_order, inner_steps=3)
+                model = MAMLDQN(algorithm="maml", adapt=adapt, first_order=first_order, inner_steps=3)
                 batch = random_batch(n_tasks)
                 err = max((a - b).abs().max().item() for a, b in zip(vmapped_meta_grad(model, batch),
                                                                       loop_meta_grad(model, batch)))

@@ -108,6 +108,11 @@ QUIET = (
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `mamldqn` and `python -m mamldqn_pl`; user mistakes end in one line and exit code 2."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["compare"]:  # not a Lightning stage: several checkpoints into one report
+        from mamldqn_pl.compare import main as compare_main
+
+        return compare_main(argv[1:])
     for message in QUIET:
         warnings.filterwarnings("ignore", message=message)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -99,13 +99,13 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
                     "target": td_target(data["rewards"], data["terminated"], q_init(buffers.next_obs), gamma,
                                         valid.unsqueeze(1)),
                 }
-            step = torch.func.vmap(lambda f, b: inner.step(split.q_fn, f, b))
+            step = torch.func.vmap(lambda f, b, k: inner.step(split.q_fn, f, b, k), in_dims=(0, 0, None))
         done = 0
         for k in sorted(set(protocol.ks)):
             if k > 0 and protocol.adapt_budget == 0:
                 raise ValueError("adapt_budget is 0: no data to take inner steps on")
             while done < k:
-                fast = {name: w.detach() for name, w in step(fast, support).items()}
+                fast = {name: w.detach() for name, w in step(fast, support, done).items()}
                 done += 1
             returns = _greedy_returns(net, params, fast, family, slots, protocol.episodes, generator)
             for i, value in enumerate(returns.tolist()):
@@ -116,7 +116,9 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
 
 def evaluate_scratch(net: QNetwork, family, tasks: Sequence[Task], adapt: str, inner: InnerLoop, gamma: float,
                      protocol: Protocol) -> list[dict]:
-    """The same protocol from a fresh random initialisation, a different one per evaluation seed."""
+    """The same protocol from a fresh random initialisation, a different one per evaluation seed, with the
+    plain inner learning rate (learned Meta-SGD rates belong to their initialisation)."""
+    inner = replace(inner, log_lrs=None)
     rows: list[dict] = []
     for seed in protocol.seeds:
         fresh = copy.deepcopy(net)

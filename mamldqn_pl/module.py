@@ -7,12 +7,13 @@ builds the per-task batches, takes one manual_backward of the meta-loss per meta
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.distributed import gather_objects, world
@@ -22,22 +23,56 @@ from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation, td_target
 from mamldqn_pl.meta.qnet import AdaptSplit
 from mamldqn_pl.report import format_table, summarize, write_report
 
+# algorithm -> (which parameters adapt, first order) it implies
+ALGORITHMS: dict[str, tuple[str, bool]] = {
+    "maml": ("all", False),      # second-order MAML on every parameter: the seed's form
+    "fomaml": ("all", True),     # first-order MAML: the inner gradients are treated as constants
+    "anil": ("head", False),     # only the last layer adapts; the body is meta-learned and shared
+    "metasgd": ("all", False),   # MAML with learned, positive inner learning rates per step and tensor
+    "reptile": ("all", True),    # no query gradient: the outer step moves theta toward the adapted weights
+    "multitask": ("head", False),  # no inner loop in training: DQN on all tasks' data (the baseline)
+}
+
+
+def resolve_algorithm(algorithm: str, adapt: str | None, first_order: bool | None,
+                      inner_steps: int) -> tuple[str, bool]:
+    """The adapt mode and order an algorithm runs with; a contradicting explicit setting is a ConfigError."""
+    require(algorithm in ALGORITHMS, f"model.algorithm: {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+    default_adapt, default_fo = ALGORITHMS[algorithm]
+    adapt = default_adapt if adapt is None else adapt
+    first_order = default_fo if first_order is None else first_order
+    require(adapt in ("head", "all"), f"model.adapt: {adapt!r}; allowed: head, all")
+    fixed = {"fomaml": ("first_order", True), "anil": ("adapt", "head"), "reptile": ("adapt", "all")}
+    if algorithm in fixed:
+        key, value = fixed[algorithm]
+        given = first_order if key == "first_order" else adapt
+        require(given == value, f"model.{key}: {given!r} contradicts model.algorithm {algorithm} ({key} {value})")
+    if algorithm == "reptile":
+        require(inner_steps >= 2, f"model.inner_steps: {inner_steps}; Reptile needs at least 2 (with 1 it is "
+                                  "joint training)")
+    return adapt, first_order
+
 
 class MAMLDQN(pl.LightningModule):
-    """Meta-learns a DQN initialisation theta with MAML (or ANIL with adapt="head").
+    """Meta-learns a DQN initialisation theta.
 
     Args:
         obs_dim, n_actions, obs_scale: linked from the data module; never typed twice.
         hidden: widths of the body's hidden layers.
-        adapt: "head" (ANIL: only the last layer adapts) or "all" (full MAML, the seed's form).
-        first_order: drop second-order terms of the meta-gradient (FOMAML).
-        inner_steps, inner_lr: K and alpha of the inner loop (also the meta-test defaults).
-        meta_lr: Adam learning rate beta of the outer step.
+        algorithm: maml, fomaml, anil (default), metasgd, reptile or multitask (see ALGORITHMS).
+        adapt: which parameters the inner loop adapts, "head" or "all"; defaults to the algorithm's. For
+            multitask it is what `test` fine-tunes.
+        first_order: drop second-order terms of the meta-gradient; defaults to the algorithm's.
+        inner_steps, inner_lr: K and alpha of the inner loop (also the meta-test defaults; Meta-SGD's initial rate).
+        td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
+        meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
+            the adapted weights).
         gamma: discount; td_loss: "huber" or "mse"; meta_reduction: "mean" or "sum" (the seed) over tasks.
         grad_clip: max norm of the meta-gradient (0: off).
         epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration schedule over meta-steps.
         num_threads: torch CPU threads; 1 suits small networks on a busy small CPU.
-        test_ks, test_episodes, test_seeds: the meta-test protocol of `mamldqn test`.
+        test_ks, test_episodes, test_seeds, test_budgets: the meta-test protocol of `mamldqn test`; the
+            budgets (new-task env steps) default to adapt_budget x (1/4, 1/2, 1, 2).
     """
 
     def __init__(
@@ -46,10 +81,12 @@ class MAMLDQN(pl.LightningModule):
         n_actions: int = 2,
         obs_scale: list[float] | None = None,
         hidden: list[int] | None = None,
-        adapt: Literal["head", "all"] = "head",
-        first_order: bool = False,
+        algorithm: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "multitask"] = "anil",
+        adapt: Literal["head", "all"] | None = None,
+        first_order: bool | None = None,
         inner_steps: int = 3,
         inner_lr: float = 0.05,
+        td_normalize: bool = False,
         meta_lr: float = 1e-3,
         gamma: float = 0.99,
         td_loss: Literal["huber", "mse"] = "huber",
@@ -62,6 +99,7 @@ class MAMLDQN(pl.LightningModule):
         test_ks: list[int] | None = None,
         test_episodes: int = 5,
         test_seeds: list[int] | None = None,
+        test_budgets: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # under LightningCLI these are the config's values, None included
@@ -80,10 +118,17 @@ class MAMLDQN(pl.LightningModule):
         for name in ("epsilon_start", "epsilon_end"):
             require(0.0 <= self.hparams[name] <= 1.0, f"model.{name}: {self.hparams[name]} must lie in [0, 1]")
         require(num_threads is None or num_threads >= 1, f"model.num_threads: {num_threads} must be >= 1")
+        self.algorithm = algorithm
+        self.adapt, self.first_order = resolve_algorithm(algorithm, adapt, first_order, inner_steps)
         self.automatic_optimization = False
         self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
-        self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=first_order, loss=td_loss)
+        self.log_inner_lr: nn.Parameter | None = None
+        if algorithm == "metasgd":
+            n_fast = len(split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt).fast)
+            self.log_inner_lr = nn.Parameter(torch.full((max(inner_steps, 1), n_fast), math.log(inner_lr)))
+        self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=self.first_order, loss=td_loss,
+                               log_lrs=self.log_inner_lr, normalize=td_normalize)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0
@@ -97,7 +142,10 @@ class MAMLDQN(pl.LightningModule):
             datamodule.attach_policy(self.q_values, self.epsilon)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.meta_lr)
+        params = list(self.net.parameters()) + ([self.log_inner_lr] if self.log_inner_lr is not None else [])
+        if self.algorithm == "reptile":  # theta <- theta + meta_lr * (mean adapted - theta), exactly
+            return torch.optim.SGD(params, lr=self.hparams.meta_lr)
+        return torch.optim.Adam(params, lr=self.hparams.meta_lr)
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
@@ -121,12 +169,19 @@ class MAMLDQN(pl.LightningModule):
         }
 
     def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Meta-loss L_M(theta) and, per task, the query TD loss before (only `with_pre`: it costs a pass)
-        and after adaptation."""
-        split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.hparams.adapt)
+        """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
+        a pass) and after adaptation. MAML family: L_M(theta). Multitask: the TD loss on all of the batch.
+        Reptile: a surrogate whose gradient is theta - mean(adapted theta)."""
+        split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt)
         mask = batch.get("action_mask")
         support = self._inner_batch(split, batch["support"], mask)
         query = self._inner_batch(split, batch["query"], mask)
+        if self.algorithm == "multitask":
+            joined = {k: torch.cat([support[k], query[k]], dim=1) for k in support}
+            per_task = self.inner.losses_before(split.q_fn, split.fast, joined)
+            return per_task.mean(), per_task.detach(), per_task.detach()
+        if self.algorithm == "reptile":
+            return self._reptile_objective(split, support, query)
         post = self.inner.meta_losses(split.q_fn, split.fast, support, query)
         pre = None
         if with_pre:
@@ -134,6 +189,16 @@ class MAMLDQN(pl.LightningModule):
                 pre = self.inner.losses_before(split.q_fn, split.fast, query)
         meta_loss = post.sum() if self.hparams.meta_reduction == "sum" else post.mean()
         return meta_loss, pre, post.detach()
+
+    def _reptile_objective(self, split: AdaptSplit, support: dict, query: dict) -> tuple[Tensor, Tensor, Tensor]:
+        fixed = {k: v.detach() for k, v in split.fast.items()}
+        with torch.no_grad():
+            adapted = self.inner.adapted(split.q_fn, fixed, support)
+            toward = {k: v.mean(dim=0) for k, v in adapted.items()}
+            pre = self.inner.losses_before(split.q_fn, fixed, query)
+            post = torch.func.vmap(lambda f, q: self.inner.loss_of(split.q_fn, f, q))(adapted, query)
+        surrogate = sum((w * (w.detach() - toward[k])).sum() for k, w in split.fast.items())
+        return surrogate, pre, post
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         opt = self.optimizers()
@@ -174,7 +239,7 @@ class MAMLDQN(pl.LightningModule):
         every = self.trainer.log_every_n_steps
         now = time.perf_counter()
         logs = {
-            "train/meta_loss": meta_loss.detach(),
+            "train/meta_loss": post.mean() if self.algorithm == "reptile" else meta_loss.detach(),
             "train/query_loss_pre": pre.mean(),
             "train/query_loss_post": post.mean(),
             "train/epsilon": self.epsilon(),
@@ -192,11 +257,11 @@ class MAMLDQN(pl.LightningModule):
             self.episode_return.reset()
 
     # ---- meta-test ----------------------------------------------------------------------------------------
-    def protocol(self, ks: list[int], episodes: int, seeds: list[int]) -> Protocol:
-        """The meta-test protocol with the data module's support budget and exploration."""
+    def protocol(self, ks: list[int], episodes: int, seeds: list[int], budget: int | None = None) -> Protocol:
+        """The meta-test protocol with the data module's support budget (or `budget`) and exploration."""
         data = self.trainer.datamodule.hparams
-        return Protocol(adapt_budget=data.adapt_budget, epsilon_adapt=data.epsilon_adapt, ks=tuple(ks),
-                        episodes=episodes, seeds=tuple(seeds))
+        return Protocol(adapt_budget=data.adapt_budget if budget is None else budget,
+                        epsilon_adapt=data.epsilon_adapt, ks=tuple(ks), episodes=episodes, seeds=tuple(seeds))
 
     def evaluate(self, tasks: list, protocol: Protocol, scratch: bool = False) -> list[dict]:
         """Rows of the protocol on `tasks` for theta, and for fresh random inits too if `scratch`.
@@ -209,32 +274,44 @@ class MAMLDQN(pl.LightningModule):
         mine = tasks[rank::size]
         rows: list[dict] = []
         if mine:
-            rows = evaluate_init(self.net, dict(self.net.named_parameters()), family, mine, hp.adapt, self.inner,
+            rows = evaluate_init(self.net, dict(self.net.named_parameters()), family, mine, self.adapt, self.inner,
                                  hp.gamma, protocol, label="meta-init")
             if scratch:
-                rows += evaluate_scratch(self.net, family, mine, hp.adapt, self.inner, hp.gamma, protocol)
+                rows += evaluate_scratch(self.net, family, mine, self.adapt, self.inner, hp.gamma, protocol)
         return [row for part in gather_objects(rows) for row in part]
 
     def test_step(self, batch, batch_idx: int) -> None:
         """Nothing per batch: the whole protocol runs once in on_test_epoch_end."""
+
+    def test_budgets(self) -> list[int]:
+        """New-task env steps the test protocol is run at: the trained adapt_budget and around it."""
+        main = self.trainer.datamodule.hparams.adapt_budget
+        budgets = self.hparams.test_budgets or [main // 4, main // 2, main, 2 * main]
+        return sorted({b for b in budgets if b > 0} | {main})
 
     def on_test_epoch_end(self) -> None:
         hp = self.hparams
         dm = self.trainer.datamodule
         if dm is None:
             raise ConfigError("mamldqn test needs the data module (data: in the config)")
-        protocol = self.protocol(self.test_ks, hp.test_episodes, self.test_seeds)
-        rows = self.evaluate(dm.test_tasks, protocol, scratch=True)
-        meta = {"ckpt_path": self.trainer.ckpt_path, "protocol": protocol.__dict__, "model": dict(hp),
-                "data": dict(dm.hparams), "n_tasks": len(dm.test_tasks)}
+        rows: list[dict] = []
+        for budget in self.test_budgets():
+            protocol = self.protocol(self.test_ks, hp.test_episodes, self.test_seeds, budget)
+            rows += self.evaluate(dm.test_tasks, protocol, scratch=True)
+        main, k = dm.hparams.adapt_budget, hp.inner_steps
+        meta = {"ckpt_path": self.trainer.ckpt_path, "protocol": self.protocol(self.test_ks, hp.test_episodes,
+                                                                               self.test_seeds).__dict__,
+                "budgets": self.test_budgets(), "model": dict(hp), "data": dict(dm.hparams),
+                "n_tasks": len(dm.test_tasks)}
         summary = summarize(rows)
         for s in summary:
-            if s["init"] == "meta-init" and s["group"] == "all":
+            if s["init"] == "meta-init" and s["group"] == "all" and s["budget"] == main:
                 self.log(f"meta_test/return_k{s['k']}", s["mean"], batch_size=1)
         if not self.trainer.is_global_zero:
             return
-        write_report(rows, summary, self.trainer.default_root_dir, meta)
-        self.print(f"\nAdaptation on {len(dm.test_tasks)} held-out tasks x {len(protocol.seeds)} seeds "
-                   f"(support: {protocol.adapt_budget} env steps at epsilon {protocol.epsilon_adapt}):\n")
-        self.print(format_table(summary))
-        self.print(f"\nwrote adaptation.csv, adaptation.json, adaptation.png to {self.trainer.default_root_dir}")
+        write_report(rows, summary, self.trainer.default_root_dir, meta, budget=main, k=k)
+        shown = [s for s in summary if s["budget"] == main or (s["k"] == k and s["group"] == "all")]
+        self.print(f"\nAdaptation on {len(dm.test_tasks)} held-out tasks x {len(self.test_seeds)} seeds (support: "
+                   f"{main} env steps at epsilon {dm.hparams.epsilon_adapt}; at K = {k} also other budgets):\n")
+        self.print(format_table(shown))
+        self.print(f"\nwrote adaptation.csv/.json/.md/.png (all budgets) to {self.trainer.default_root_dir}")

@@ -34,20 +34,22 @@ def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
     assert ckpt["MetaDQNDataModule"]["ranks"][0]["buffers"]["size"].min() >= 40
 
 
-def test_test_writes_the_three_report_files(trained_run):
+def test_test_writes_the_report_files(trained_run):
     out = mamldqn("test", *TINY, "--model.test_seeds", "[0, 1]", "--model.test_ks", "[0, 2]",
                   "--model.test_episodes", "1", "--run_dir", str(trained_run))
     assert out.returncode == 0, out.stderr[-3000:]
     with open(trained_run / "adaptation.csv") as f:
         summary = list(csv.DictReader(f))
     assert tuple(summary[0].keys()) == SUMMARY_COLUMNS
-    assert {(r["init"], r["group"], r["k"]) for r in summary} == {
-        (i, g, k) for i in ("meta-init", "scratch") for g in ("all", "flip", "noflip") for k in ("0", "2")}
+    assert {(r["init"], r["group"], r["budget"], r["k"]) for r in summary} == {
+        (i, g, b, k) for i in ("meta-init", "scratch") for g in ("all", "flip", "noflip")
+        for b in ("5", "10", "20", "40") for k in ("0", "2")}  # budgets: adapt_budget 20 x (1/4, 1/2, 1, 2)
     assert all(r["n"] == ("8" if r["group"] == "all" else "4") for r in summary)  # 4 tasks x 2 seeds
     report = json.loads((trained_run / "adaptation.json").read_text())
-    assert len(report["rows"]) == 2 * 4 * 2 * 2 and report["meta"]["ckpt_path"].endswith("best.ckpt")
+    assert len(report["rows"]) == 2 * 4 * 2 * 2 * 4 and report["meta"]["ckpt_path"].endswith("best.ckpt")
     assert (trained_run / "adaptation.png").stat().st_size > 10_000
-    assert "| meta-init | all | 2 |" in out.stdout
+    assert (trained_run / "adaptation.md").read_text().startswith("| init | group | budget | K |")
+    assert "| meta-init | all | 20 | 2 |" in out.stdout
 
 
 def test_resume_from_last_continues_the_step_count_and_keeps_the_logs(trained_run, tmp_path):

@@ -29,7 +29,7 @@ def fit(model: MAMLDQN, steps: int, *callbacks: pl.Callback, **data) -> pl.Train
 
 
 def test_target_network_gets_no_gradient_and_changes_only_at_sync():
-    model = MAMLDQN(hidden=[16, 16], adapt="all", inner_steps=2)
+    model = MAMLDQN(hidden=[16, 16], algorithm="maml", inner_steps=2)
     initial_target = torch.cat([p.detach().flatten() for p in model.target_net.parameters()]).clone()
     snaps = Snapshots()
     sync = TargetNetworkSync(tau=0.0, every_n_steps=3)
@@ -65,7 +65,7 @@ def test_global_step_counts_meta_steps_only_and_the_optimizer_steps_once_each():
 
 
 def test_meta_objective_never_writes_adapted_weights_into_the_module():
-    model = MAMLDQN(hidden=[16, 16], adapt="all", inner_steps=3, inner_lr=0.5)
+    model = MAMLDQN(hidden=[16, 16], algorithm="maml", inner_steps=3, inner_lr=0.5)
     dm = MetaDQNDataModule(**SMALL_DATA)
     dm._build(rank=0)
     dm.attach_policy(model.q_values, lambda: 0.5)

@@ -19,26 +19,44 @@ Batch = dict[str, Tensor]
 
 @dataclass(frozen=True)
 class InnerLoop:
-    """The inner update: `steps` plain SGD steps of size `lr` on the support TD loss."""
+    """The inner update: `steps` SGD steps on the support TD loss.
+
+    The step size is `lr`, or with `log_lrs` (Meta-SGD, per step and per fast tensor, shape [steps, tensors])
+    exp(log_lrs[k]) for step k: learned, and positive by construction; steps beyond those trained reuse the
+    last row. With `normalize`, each TD loss is divided by the task's value scale (mean |target| + 1), so that
+    the gradient no longer grows with the size of the values.
+    """
 
     lr: float
     steps: int
     first_order: bool = False
     loss: str = "huber"
+    log_lrs: Tensor | None = None
+    normalize: bool = False
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
-        return td_loss(q_fn(fast, batch["x"]), batch["actions"], batch["target"], self.loss)
+        loss = td_loss(q_fn(fast, batch["x"]), batch["actions"], batch["target"], self.loss)
+        if self.normalize:
+            loss = loss / (batch["target"].abs().mean() + 1.0).detach()
+        return loss
 
-    def step(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> FastWeights:
-        """One step theta' = theta - lr * grad; first order drops the second-order terms by detaching grad."""
+    def step_sizes(self, fast: FastWeights, k: int) -> dict[str, Tensor | float]:
+        if self.log_lrs is None:
+            return {name: self.lr for name in fast}
+        row = self.log_lrs[min(k, self.log_lrs.shape[0] - 1)].exp()
+        return {name: row[i] for i, name in enumerate(fast)}
+
+    def step(self, q_fn: QFn, fast: FastWeights, batch: Batch, k: int = 0) -> FastWeights:
+        """Step k: theta' = theta - lr_k * grad; first order drops the second-order terms by detaching grad."""
         grads = torch.func.grad(lambda f: self.loss_of(q_fn, f, batch))(fast)
         if self.first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        return {k: w - self.lr * grads[k] for k, w in fast.items()}
+            grads = {name: g.detach() for name, g in grads.items()}
+        lrs = self.step_sizes(fast, k)
+        return {name: w - lrs[name] * grads[name] for name, w in fast.items()}
 
     def adapt(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> FastWeights:
-        for _ in range(self.steps):
-            fast = self.step(q_fn, fast, batch)
+        for k in range(self.steps):
+            fast = self.step(q_fn, fast, batch, k)
         return fast
 
     def query_loss(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch) -> Tensor:
@@ -51,5 +69,9 @@ class InnerLoop:
         return per_task(support, query)
 
     def losses_before(self, q_fn: QFn, fast: FastWeights, query: Batch) -> Tensor:
-        """Per-task query losses of the unadapted weights (for logging), shape [tasks]."""
+        """Per-task losses of the unadapted weights, shape [tasks] (logging; the multitask objective)."""
         return torch.func.vmap(lambda q: self.loss_of(q_fn, fast, q))(query)
+
+    def adapted(self, q_fn: QFn, fast: FastWeights, support: Batch) -> FastWeights:
+        """Every task's adapted weights, with a leading task dimension (Reptile's outer step uses them)."""
+        return torch.func.vmap(lambda s: self.adapt(q_fn, fast, s))(support)
