@@ -1,8 +1,8 @@
 """Reproduce the README's algorithm comparison from nothing: meta-train each algorithm on CartPole with the same
 budget and seeds, then compare their best checkpoints (and scratch) on the same held-out tasks.
 
-    .venv/bin/python benchmarks/algorithms.py [--steps 8000] [--seeds 0 1 2] [--jobs 2]
-        [--algorithms anil fomaml maml multitask] [--extra metasgd maml_tdnorm] [--out docs/results]
+    .venv/bin/python benchmarks/algorithms.py [--steps 8000] [--seeds 0 1 2] [--jobs 2] [--out docs/results]
+        [--algorithms anil fomaml maml metasgd reptile multitask] [--extra maml_tdnorm] [--extra-seeds 1]
 
 Runs go to lightning_logs/bench_algorithms/<config>_s<seed>; a run whose last.ckpt already reached --steps is
 reused, so an interrupted benchmark continues where it stopped.
@@ -43,14 +43,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=["anil", "fomaml", "maml", "multitask"])
-    parser.add_argument("--extra", nargs="*", default=["metasgd", "maml_tdnorm"],
-                        help="configs of the experiment, trained on the first two seeds")
+    parser.add_argument("--algorithms", nargs="+",
+                        default=["anil", "fomaml", "maml", "metasgd", "reptile", "multitask"])
+    parser.add_argument("--extra", nargs="*", default=["maml_tdnorm"],
+                        help="configs of the experiment, trained on the first --extra-seeds seeds")
+    parser.add_argument("--extra-seeds", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     args = parser.parse_args()
     runs = ROOT / "lightning_logs" / "bench_algorithms"
-    jobs = [(a, s) for a in args.algorithms for s in args.seeds] + [(a, s) for a in args.extra for s in args.seeds[:2]]
+    jobs = [(a, s) for a in args.algorithms for s in args.seeds]
+    jobs += [(a, s) for a in args.extra for s in args.seeds[: args.extra_seeds]]
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(lambda job: (job[0], train(job[0], job[1], args.steps, runs)), jobs))

@@ -135,7 +135,9 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == "mamldqn: error: model.inner_steps: -2 must be >= 0"
 
 
-@pytest.mark.parametrize("config", ["nav2d", "mountaincar", "acrobot", "seed_cartpole_mountaincar", "cartpole_maml"])
+@pytest.mark.parametrize("config", ["nav2d", "mountaincar", "acrobot", "seed_cartpole_mountaincar", "cartpole_maml",
+                                    "cartpole_fomaml", "cartpole_metasgd", "cartpole_reptile", "cartpole_multitask",
+                                    "cartpole_maml_tdnorm"])
 def test_every_config_fits_and_tests(config, tmp_path):
     tiny_overrides = TINY[2:]  # TINY without its own --config
     args = ["--config", f"configs/{config}.yaml", *tiny_overrides, "--run_dir", str(tmp_path / config)]
