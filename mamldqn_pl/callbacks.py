@@ -47,7 +47,7 @@ class MetaTestEvaluation(pl.Callback):
     """Runs the meta-test protocol on the validation tasks every `every_n_steps` meta-steps and at the last
     step, logging meta_val/return_k{K}; ModelCheckpoint keeps the best init by the return at the trained K.
 
-    `ks` defaults to [0, trained K]. Never touches the test tasks.
+    `ks` always include 0 and the trained K. Never touches the test tasks.
     """
 
     def __init__(self, every_n_steps: int = 500, ks: list[int] | None = None, episodes: int = 5,
@@ -64,7 +64,7 @@ class MetaTestEvaluation(pl.Callback):
         step = trainer.global_step
         if step % self.every_n_steps and step != trainer.max_steps:
             return
-        ks = self.ks if self.ks is not None else sorted({0, pl_module.hparams.inner_steps})
+        ks = sorted({0, pl_module.hparams.inner_steps, *(self.ks or [])})  # the trained K picks the best ckpt
         protocol = pl_module.protocol(ks, self.episodes, self.seeds)
         rows = pl_module.evaluate(trainer.datamodule.val_tasks, protocol)
         result = {"step": step}

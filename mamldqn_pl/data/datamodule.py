@@ -92,8 +92,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.family = make_family(family, ranges, flip, env_id, env_kwargs, members, "data.ranges")
-        require(test_ranges is None or family != "mixed", "data.test_ranges: give test ranges per member of a "
-                "mixed family is not supported; leave test_ranges unset")
+        require(test_ranges is None or family != "mixed",
+                "data.test_ranges: not supported for a mixed family; leave it unset")
         self.test_family = self.family if test_ranges is None else make_family(
             family, test_ranges, flip, env_id, env_kwargs, None, "data.test_ranges")
         for name in ("pool_size", "tasks_per_batch", "collect_steps", "support_size", "query_size",
@@ -198,9 +198,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
         for _ in range(hp.collect_steps):
             self.collector.step(slots, self._q_values, epsilon)
         support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
+        counts = torch.from_numpy(self.env.action_counts[slots])  # before a retirement changes the slots' tasks
         self._retire()
         self.batches += 1
-        counts = torch.from_numpy(self.env.action_counts[slots])
         return {
             "support": support,
             "query": query,
