@@ -84,6 +84,10 @@ def plot(summary: list[dict], path: Path, budget: int, k: int, title: str = "") 
     import matplotlib.pyplot as plt
 
     budgets = sorted({s["budget"] for s in summary})
+    if len({s["init"] for s in summary}) > 2:  # a comparison: one line per initialisation, all tasks
+        summary = [s for s in summary if s["group"] == "all"]
+    ks = sorted({s["k"] for s in summary})
+    k = min(ks, key=lambda c: (abs(c - k), -c))  # the trained K, or the nearest evaluated one
     fig, axes = plt.subplots(1, 2 if len(budgets) > 1 else 1, figsize=(11 if len(budgets) > 1 else 6.5, 4.2),
                              squeeze=False)
     by_k: dict[tuple, list[dict]] = defaultdict(list)
@@ -97,7 +101,7 @@ def plot(summary: list[dict], path: Path, budget: int, k: int, title: str = "") 
     axes[0][0].set_xlabel(f"inner steps K on {budget} new-task env steps")
     axes[0][0].set_ylabel("greedy episode return")
     axes[0][0].set_title(title or "adaptation on held-out tasks (mean, 95% CI)")
-    axes[0][0].legend(fontsize=7, loc="best")
+    axes[0][0].legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62), framealpha=0.8)
     if len(budgets) > 1:
         _series(axes[0][1], by_budget, "budget")
         axes[0][1].set_xlabel(f"new-task env steps of support data (K = {k})")
