@@ -19,7 +19,7 @@ import torch
 from mamldqn_pl.checkpoints import read_checkpoint
 from mamldqn_pl.data import MetaDQNDataModule
 from mamldqn_pl.errors import ConfigError
-from mamldqn_pl.evaluation import Protocol, evaluate_init, evaluate_scratch
+from mamldqn_pl.evaluation import Protocol, eval_budgets, evaluate_init, evaluate_scratch
 from mamldqn_pl.module import MAMLDQN
 from mamldqn_pl.report import format_table, summarize, write_report
 
@@ -47,15 +47,14 @@ def compare(entries: list[tuple[str, str]], out: Path, ks: list[int], budgets: l
         elif tasks != [t.to_dict() for t in reference.test_tasks]:
             raise ConfigError(f"{path}: its held-out test tasks differ from those of {entries[0][1]} (data.family, "
                               "ranges, test_ranges, test_seed and n_test_tasks must match)")
-        main = dm.hparams.adapt_budget
-        for budget in budgets or [main // 4, main // 2, main, 2 * main]:
+        for budget in eval_budgets(dm.hparams.adapt_budget, budgets):
             protocol = Protocol(budget, dm.hparams.epsilon_adapt, tuple(ks), episodes, tuple(seeds))
             part = evaluate_init(model.net, dict(model.net.named_parameters()), dm.family, dm.test_tasks,
                                  model.adapt, model.inner, model.hparams.gamma, protocol, label=label)
             rows += [{**r, "run": run} for r in part]
     assert reference is not None and first is not None
     main = reference.hparams.adapt_budget
-    for budget in budgets or [main // 4, main // 2, main, 2 * main]:
+    for budget in eval_budgets(main, budgets):
         protocol = Protocol(budget, reference.hparams.epsilon_adapt, tuple(ks), episodes, tuple(seeds))
         rows += evaluate_scratch(first.net, reference.family, reference.test_tasks, first.adapt, first.inner,
                                  first.hparams.gamma, protocol)

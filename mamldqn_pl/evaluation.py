@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mamldqn_pl.data.collector import Collector, masked_argmax
+from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
 from mamldqn_pl.meta.qnet import FastWeights
@@ -33,6 +33,13 @@ class Protocol:
     ks: tuple[int, ...] = (0, 1, 3, 5, 10)
     episodes: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
+
+
+def eval_budgets(main: int, budgets: Sequence[int] | None = None) -> list[int]:
+    """New-task env steps the test protocol runs at: the trained adapt_budget `main` and, by default, around
+    it (x 1/4, 1/2, 2)."""
+    chosen = budgets or [main // 4, main // 2, main, 2 * main]
+    return sorted({b for b in chosen if b > 0} | {main})
 
 
 def weights_device(tensors: dict[str, Tensor]) -> torch.device:
@@ -74,8 +81,8 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
     generator = make_generator(*seeds, 7919)
     rows: list[dict] = []
     with torch.inference_mode(False), torch.enable_grad():
-        fast = split_for_adaptation(net, params, adapt).fast
-        fast = {k: v.expand(n, *v.shape).clone() for k, v in fast.items()}
+        split = split_for_adaptation(net, params, adapt)
+        fast = {k: v.expand(n, *v.shape).clone() for k, v in split.fast.items()}
         if protocol.adapt_budget > 0:
             env = family.batched(slots, generator)
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim)
@@ -88,10 +95,8 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
 
             for _ in range(protocol.adapt_budget):
                 collector.step(everyone, q_init, protocol.epsilon_adapt)
-            split = split_for_adaptation(net, params, adapt)
             data = {name: getattr(buffers, name).to(device) for name in ("obs", "actions", "rewards", "terminated")}
-            counts = torch.from_numpy(env.action_counts).to(device)
-            valid = torch.arange(family.n_actions, device=device) < counts.unsqueeze(1)
+            valid = valid_actions(torch.from_numpy(env.action_counts).to(device), family.n_actions)
             with torch.no_grad():
                 support = {
                     "x": split.encode(data["obs"]),

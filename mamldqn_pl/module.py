@@ -18,7 +18,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.errors import ConfigError, require
-from mamldqn_pl.evaluation import Protocol, evaluate_init, evaluate_scratch
+from mamldqn_pl.evaluation import Protocol, eval_budgets, evaluate_init, evaluate_scratch
 from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation, td_target
 from mamldqn_pl.meta.qnet import AdaptSplit
 from mamldqn_pl.report import format_table, summarize, write_report
@@ -283,11 +283,6 @@ class MAMLDQN(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         """Nothing per batch: the whole protocol runs once in on_test_epoch_end."""
 
-    def test_budgets(self) -> list[int]:
-        """New-task env steps the test protocol is run at: the trained adapt_budget and around it."""
-        main = self.trainer.datamodule.hparams.adapt_budget
-        budgets = self.hparams.test_budgets or [main // 4, main // 2, main, 2 * main]
-        return sorted({b for b in budgets if b > 0} | {main})
 
     def on_test_epoch_end(self) -> None:
         hp = self.hparams
@@ -295,13 +290,14 @@ class MAMLDQN(pl.LightningModule):
         if dm is None:
             raise ConfigError("mamldqn test needs the data module (data: in the config)")
         rows: list[dict] = []
-        for budget in self.test_budgets():
+        budgets = eval_budgets(dm.hparams.adapt_budget, hp.test_budgets)
+        for budget in budgets:
             protocol = self.protocol(self.test_ks, hp.test_episodes, self.test_seeds, budget)
             rows += self.evaluate(dm.test_tasks, protocol, scratch=True)
         main, k = dm.hparams.adapt_budget, hp.inner_steps
         meta = {"ckpt_path": self.trainer.ckpt_path, "protocol": self.protocol(self.test_ks, hp.test_episodes,
                                                                                self.test_seeds).__dict__,
-                "budgets": self.test_budgets(), "model": dict(hp), "data": dict(dm.hparams),
+                "budgets": budgets, "model": dict(hp), "data": dict(dm.hparams),
                 "n_tasks": len(dm.test_tasks)}
         summary = summarize(rows)
         for s in summary:

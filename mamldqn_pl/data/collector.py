@@ -13,12 +13,16 @@ from mamldqn_pl.data.replay import ReplayBuffers
 QValues = Callable[[Tensor], Tensor]  # observations [n, obs_dim] -> action values [n, n_actions]
 
 
+def valid_actions(counts: Tensor, n_actions: int) -> Tensor:
+    """[..., n_actions] mask of each row's first counts[...] actions (a mixed family's smaller action sets)."""
+    return torch.arange(n_actions, device=counts.device) < counts.unsqueeze(-1)
+
+
 def masked_argmax(q: Tensor, counts: Tensor | None) -> Tensor:
-    """argmax over each row's first counts[i] actions (a mixed family's smaller action sets)."""
+    """argmax over each row's valid actions."""
     if counts is None:
         return q.argmax(dim=-1)
-    valid = torch.arange(q.shape[-1], device=q.device) < counts.to(q.device).unsqueeze(-1)
-    return q.masked_fill(~valid, float("-inf")).argmax(dim=-1)
+    return q.masked_fill(~valid_actions(counts.to(q.device), q.shape[-1]), float("-inf")).argmax(dim=-1)
 
 
 def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator, counts: Tensor | None = None) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
-from mamldqn_pl.data.collector import Collector, QValues
+from mamldqn_pl.data.collector import Collector, QValues, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.errors import ConfigError, require
@@ -205,7 +205,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
             "support": support,
             "query": query,
             "tasks": tasks,
-            "action_mask": torch.arange(self.n_actions).unsqueeze(0) < counts.unsqueeze(1),
+            "action_mask": valid_actions(counts, self.n_actions),
             "episode_returns": torch.tensor(self.collector.pop_finished_returns(), dtype=torch.float32),
             "env_steps": torch.tensor(len(slots) * hp.collect_steps),
         }
