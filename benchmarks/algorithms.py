@@ -4,8 +4,8 @@ budget and seeds, then compare their best checkpoints (and scratch) on the same 
     .venv/bin/python benchmarks/algorithms.py [--steps 8000] [--seeds 0 1 2] [--jobs 2] [--out docs/results]
         [--algorithms anil fomaml maml metasgd reptile multitask] [--extra maml_tdnorm] [--extra-seeds 1]
 
-Runs go to lightning_logs/bench_algorithms/<config>_s<seed>; a run whose last.ckpt already reached --steps is
-reused, so an interrupted benchmark continues where it stopped.
+Runs go to lightning_logs/bench_algorithms/<config>_s<seed>; a finished run is reused and a stopped one resumed,
+so an interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations
@@ -15,28 +15,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train(config: str, seed: int, steps: int, runs: Path) -> Path:
-    run = runs / f"{config}_s{seed}"
-    last = run / "checkpoints" / "last.ckpt"
-    if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= steps:
-        return run
-    resume = ["--ckpt_path", "last"] if last.is_file() else []
-    cmd = [sys.executable, "-m", "mamldqn_pl", "fit", "--config", str(ROOT / f"configs/cartpole_{config}.yaml"),
-           "--seed_everything", str(seed), "--trainer.max_steps", str(steps), "--run_dir", str(run),
-           "--trainer.enable_progress_bar", "false", *resume]
-    start = time.time()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{config} seed {seed} failed:\n{out.stderr[-3000:]}")
-    print(f"trained {config} seed {seed} in {time.time() - start:.0f} s", flush=True)
-    return run
+from runs import ROOT, train
 
 
 def main() -> None:
@@ -56,8 +36,9 @@ def main() -> None:
     jobs += [(a, s) for a in args.extra for s in args.seeds[: args.extra_seeds]]
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda job: (job[0], train(job[0], job[1], args.steps, runs)), jobs))
-    entries = [f"{config}={run / 'checkpoints' / 'best.ckpt'}" for config, run in done]
+        list(pool.map(lambda job: train(ROOT / f"configs/cartpole_{job[0]}.yaml", job[1],
+                                        runs / f"{job[0]}_s{job[1]}", args.steps), jobs))
+    entries = [f"{config}={runs / f'{config}_s{seed}' / 'checkpoints' / 'best.ckpt'}" for config, seed in jobs]
     subprocess.run([sys.executable, "-m", "mamldqn_pl", "compare", *entries, "--out", args.out], cwd=ROOT,
                    check=True)
     print(f"\nwall time {time.time() - start:.0f} s for {len(jobs)} runs of {args.steps} meta-steps "

@@ -9,19 +9,19 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.aggregation import MeanMetric
 
-from mamldqn_pl.distributed import gather_objects, world
-from mamldqn_pl.errors import ConfigError, require
-from mamldqn_pl.evaluation import Protocol, eval_budgets, evaluate_init, evaluate_scratch
-from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation, td_target
+from mamldqn_pl.callbacks import AdaptationReport
+from mamldqn_pl.errors import require
+from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
 from mamldqn_pl.meta.qnet import AdaptSplit
-from mamldqn_pl.report import format_table, summarize, write_report
 
 # algorithm -> (which parameters adapt, first order) it implies
 ALGORITHMS: dict[str, tuple[str, bool]] = {
@@ -67,6 +67,12 @@ class MAMLDQN(pl.LightningModule):
         td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
             the adapted weights).
+        meta_lr_schedule: "constant", or "cosine" from meta_lr down to meta_lr_min at trainer.max_steps, so
+            that the last meta-steps move theta little and the last checkpoint is a settled one.
+        ema_decay: 0 (off) or the decay of an exponential moving average of theta (updated after every
+            meta-step: ema <- decay * ema + (1 - decay) * theta). When on, the average is the initialisation
+            that validation, `best` checkpoints, `test` and `adapt` use; collection and the meta-gradient
+            keep using theta.
         gamma: discount; td_loss: "huber" or "mse"; meta_reduction: "mean" or "sum" (the seed) over tasks.
         grad_clip: max norm of the meta-gradient (0: off).
         epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration schedule over meta-steps.
@@ -88,6 +94,9 @@ class MAMLDQN(pl.LightningModule):
         inner_lr: float = 0.05,
         td_normalize: bool = False,
         meta_lr: float = 1e-3,
+        meta_lr_schedule: Literal["constant", "cosine"] = "constant",
+        meta_lr_min: float = 0.0,
+        ema_decay: float = 0.0,
         gamma: float = 0.99,
         td_loss: Literal["huber", "mse"] = "huber",
         meta_reduction: Literal["mean", "sum"] = "mean",
@@ -109,6 +118,10 @@ class MAMLDQN(pl.LightningModule):
         require(inner_steps >= 0, f"model.inner_steps: {inner_steps} must be >= 0")
         require(inner_lr > 0, f"model.inner_lr: {inner_lr} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
+        require(meta_lr_schedule in ("constant", "cosine"),
+                f"model.meta_lr_schedule: {meta_lr_schedule!r}; allowed: constant, cosine")
+        require(0.0 <= meta_lr_min <= meta_lr, f"model.meta_lr_min: {meta_lr_min} must lie in [0, meta_lr]")
+        require(0.0 <= ema_decay < 1.0, f"model.ema_decay: {ema_decay} must lie in [0, 1) (0 turns it off)")
         require(0.0 <= gamma <= 1.0, f"model.gamma: {gamma} must lie in [0, 1]")
         require(grad_clip >= 0, f"model.grad_clip: {grad_clip} must be >= 0 (0 turns clipping off)")
         require(all(h >= 1 for h in hidden), f"model.hidden: {hidden} must be positive widths")
@@ -123,6 +136,9 @@ class MAMLDQN(pl.LightningModule):
         self.automatic_optimization = False
         self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
+        self.ema: AveragedModel | None = None
+        if ema_decay > 0:
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)).requires_grad_(False)
         self.log_inner_lr: nn.Parameter | None = None
         if algorithm == "metasgd":
             n_fast = len(split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt).fast)
@@ -139,18 +155,45 @@ class MAMLDQN(pl.LightningModule):
             torch.set_num_threads(self.hparams.num_threads)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            datamodule.attach_policy(self.q_values, self.epsilon)
+            datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    @property
+    def init_net(self) -> QNetwork:
+        """The initialisation that is evaluated and handed on: the EMA of theta when ema_decay > 0, else theta."""
+        return self.net if self.ema is None else self.ema.module
+
+    def configure_optimizers(self):
+        hp = self.hparams
         params = list(self.net.parameters()) + ([self.log_inner_lr] if self.log_inner_lr is not None else [])
         if self.algorithm == "reptile":  # theta <- theta + meta_lr * (mean adapted - theta), exactly
-            return torch.optim.SGD(params, lr=self.hparams.meta_lr)
-        return torch.optim.Adam(params, lr=self.hparams.meta_lr)
+            opt = torch.optim.SGD(params, lr=hp.meta_lr)
+        else:
+            opt = torch.optim.Adam(params, lr=hp.meta_lr)
+        if hp.meta_lr_schedule == "constant":
+            return opt
+        require(self.trainer.max_steps > 0, "model.meta_lr_schedule cosine needs trainer.max_steps > 0")
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_steps, eta_min=hp.meta_lr_min)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
         """Q(s, .) of the current initialisation theta, for collection (on CPU in, CPU out)."""
         return self.net(obs.to(self.device)).cpu()
+
+    @torch.no_grad()
+    def adapted_q_values(self, support: dict[str, Tensor], mask: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """Q-functions of each task's theta adapted with the inner loop on `support` ([tasks, N] fields), for
+        collection with the adapted policy: row i of the observations is task i's. Works on detached copies, so
+        the adapted weights never reach theta and no meta-gradient flows."""
+        params = {k: v.detach() for k, v in self.net.named_parameters()}
+        split = split_for_adaptation(self.net, params, self.adapt)
+        support = {k: v.to(self.device) for k, v in support.items()}
+        fast = self.inner.adapted(split.q_fn, split.fast, self._inner_batch(split, support, mask))
+
+        def q(obs: Tensor) -> Tensor:
+            return batched_q(self.net, params, fast, obs.to(self.device).unsqueeze(1)).squeeze(1).cpu()
+
+        return q
 
     def epsilon(self) -> float:
         hp = self.hparams
@@ -210,6 +253,11 @@ class MAMLDQN(pl.LightningModule):
         if self.hparams.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         self._stop_if_diverged(torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all(),
                                "parameters after the meta-update")
         self._log_step(batch, meta_loss, pre, post)
@@ -256,58 +304,9 @@ class MAMLDQN(pl.LightningModule):
                      batch_size=1)
             self.episode_return.reset()
 
-    # ---- meta-test ----------------------------------------------------------------------------------------
-    def protocol(self, ks: list[int], episodes: int, seeds: list[int], budget: int | None = None) -> Protocol:
-        """The meta-test protocol with the data module's support budget (or `budget`) and exploration."""
-        data = self.trainer.datamodule.hparams
-        return Protocol(adapt_budget=data.adapt_budget if budget is None else budget,
-                        epsilon_adapt=data.epsilon_adapt, ks=tuple(ks), episodes=episodes, seeds=tuple(seeds))
-
-    def evaluate(self, tasks: list, protocol: Protocol, scratch: bool = False) -> list[dict]:
-        """Rows of the protocol on `tasks` for theta, and for fresh random inits too if `scratch`.
-
-        Under DDP each rank evaluates its share of the tasks and every rank returns all rows.
-        """
-        family = self.trainer.datamodule.family
-        hp = self.hparams
-        rank, size = world()
-        mine = tasks[rank::size]
-        rows: list[dict] = []
-        if mine:
-            rows = evaluate_init(self.net, dict(self.net.named_parameters()), family, mine, self.adapt, self.inner,
-                                 hp.gamma, protocol, label="meta-init")
-            if scratch:
-                rows += evaluate_scratch(self.net, family, mine, self.adapt, self.inner, hp.gamma, protocol)
-        return [row for part in gather_objects(rows) for row in part]
-
+    # ---- meta-test: the protocol and the report live in callbacks.AdaptationReport --------------------------
     def test_step(self, batch, batch_idx: int) -> None:
-        """Nothing per batch: the whole protocol runs once in on_test_epoch_end."""
+        """Nothing per batch: AdaptationReport runs the whole protocol once, at the end of the test epoch."""
 
-
-    def on_test_epoch_end(self) -> None:
-        hp = self.hparams
-        dm = self.trainer.datamodule
-        if dm is None:
-            raise ConfigError("mamldqn test needs the data module (data: in the config)")
-        rows: list[dict] = []
-        budgets = eval_budgets(dm.hparams.adapt_budget, hp.test_budgets)
-        for budget in budgets:
-            protocol = self.protocol(self.test_ks, hp.test_episodes, self.test_seeds, budget)
-            rows += self.evaluate(dm.test_tasks, protocol, scratch=True)
-        main, k = dm.hparams.adapt_budget, hp.inner_steps
-        meta = {"ckpt_path": self.trainer.ckpt_path, "protocol": self.protocol(self.test_ks, hp.test_episodes,
-                                                                               self.test_seeds).__dict__,
-                "budgets": budgets, "model": dict(hp), "data": dict(dm.hparams),
-                "n_tasks": len(dm.test_tasks)}
-        summary = summarize(rows)
-        for s in summary:
-            if s["init"] == "meta-init" and s["group"] == "all" and s["budget"] == main:
-                self.log(f"meta_test/return_k{s['k']}", s["mean"], batch_size=1)
-        if not self.trainer.is_global_zero:
-            return
-        write_report(rows, summary, self.trainer.default_root_dir, meta, budget=main, k=k)
-        shown = [s for s in summary if s["budget"] == main or (s["k"] == k and s["group"] == "all")]
-        self.print(f"\nAdaptation on {len(dm.test_tasks)} held-out tasks x {len(self.test_seeds)} seeds (support: "
-                   f"{main} env steps at epsilon {dm.hparams.epsilon_adapt}; at K = {k} also other budgets):\n")
-        self.print(format_table(shown))
-        self.print(f"\nwrote adaptation.csv/.json/.md/.png (all budgets) to {self.trainer.default_root_dir}")
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [AdaptationReport()]

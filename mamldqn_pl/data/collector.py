@@ -11,6 +11,8 @@ from torch import Tensor
 from mamldqn_pl.data.replay import ReplayBuffers
 
 QValues = Callable[[Tensor], Tensor]  # observations [n, obs_dim] -> action values [n, n_actions]
+# a support batch ({field: [tasks, N, ...]}) and action mask [tasks, n_actions] -> the tasks' adapted QValues
+AdaptedQValues = Callable[[dict[str, Tensor], Tensor | None], QValues]
 
 
 def valid_actions(counts: Tensor, n_actions: int) -> Tensor:

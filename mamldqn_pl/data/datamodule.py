@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
-from mamldqn_pl.data.collector import Collector, QValues, valid_actions
+from mamldqn_pl.data.collector import AdaptedQValues, Collector, QValues, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.errors import ConfigError, require
@@ -60,6 +60,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
         epsilon_adapt: exploration of that warm start and of meta-test support collection.
         learning_starts: transitions in each buffer before it is sampled (>= support_size + query_size).
         retire_after: env steps after which a pool task is replaced by a freshly sampled one (0: never).
+        collect_adapted: share of each meta-step's sampled tasks that collect with their own adapted policy
+            (epsilon-greedy on theta after the inner loop on a support batch of that task) instead of theta's.
+            The query data then also covers the states that the adapted policy visits, as at meta-test.
         n_val_tasks, n_test_tasks: sizes of the validation and held-out test task sets.
         train_seed, val_seed, test_seed: seeds of the three task sets (must differ).
     """
@@ -83,6 +86,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         epsilon_adapt: float = 0.25,
         learning_starts: int = 256,
         retire_after: int = 2000,
+        collect_adapted: float = 0.0,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
         train_seed: int = 0,
@@ -113,6 +117,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         require(0.0 <= epsilon_adapt <= 1.0, f"data.epsilon_adapt: {epsilon_adapt} must lie in [0, 1]")
         require(retire_after == 0 or retire_after > learning_starts,
                 f"data.retire_after: {retire_after} must be 0 (never) or above learning_starts = {learning_starts}")
+        require(0.0 <= collect_adapted <= 1.0, f"data.collect_adapted: {collect_adapted} must lie in [0, 1]")
         require(len({train_seed, val_seed, test_seed}) == 3,
                 f"data seeds must differ: train {train_seed}, val {val_seed}, test {test_seed}")
         self.obs_dim = self.family.obs_dim
@@ -122,13 +127,16 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.test_tasks: list[Task] = self.test_family.sample(n_test_tasks, make_generator(test_seed),
                                                                   balanced=True)
         self._q_values: QValues | None = None
+        self._adapted_q_values: AdaptedQValues | None = None
         self._epsilon: Callable[[], float] = lambda: 1.0
         self._built = False
 
     # ---- wiring -------------------------------------------------------------------------------------------
-    def attach_policy(self, q_values: QValues, epsilon: Callable[[], float]) -> None:
-        """The module's current Q-function (obs -> values, on CPU) and exploration schedule, used to collect."""
-        self._q_values, self._epsilon = q_values, epsilon
+    def attach_policy(self, q_values: QValues, epsilon: Callable[[], float],
+                      adapted_q_values: AdaptedQValues | None = None) -> None:
+        """The module's current Q-function (obs -> values, on CPU), exploration schedule and, for
+        collect_adapted, the map from a support batch to each task's adapted Q-function."""
+        self._q_values, self._epsilon, self._adapted_q_values = q_values, epsilon, adapted_q_values
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self._built:
@@ -185,6 +193,26 @@ class MetaDQNDataModule(pl.LightningDataModule):
             self.env.set_tasks(old, fresh)
             self.warm[old] = False
 
+    def _collect(self, tasks: torch.Tensor, counts: torch.Tensor) -> None:
+        """collect_steps env steps in each sampled task: the first collect_adapted share of them (a random
+        subset: `tasks` is a random draw) acts with its adapted policy, the rest with theta's."""
+        hp = self.hparams
+        epsilon = self._epsilon()
+        n_adapted = round(hp.collect_adapted * len(tasks))
+        policies = []
+        if n_adapted:
+            if self._adapted_q_values is None:
+                raise RuntimeError("data.collect_adapted > 0 needs the module's adapted policy (attach_policy)")
+            own = tasks[:n_adapted]
+            support, _ = self.buffers.sample_disjoint(own, hp.support_size, 0, self.generator)
+            mask = valid_actions(counts[:n_adapted], self.n_actions)
+            policies.append((own.numpy(), self._adapted_q_values(support, mask)))
+        if n_adapted < len(tasks):
+            policies.append((tasks[n_adapted:].numpy(), self._q_values))
+        for _ in range(hp.collect_steps):
+            for slots, q_values in policies:
+                self.collector.step(slots, q_values, epsilon)
+
     def next_batch(self) -> dict:
         """Collect with the current policy, then draw disjoint support/query batches for m sampled tasks."""
         if self._q_values is None:
@@ -194,11 +222,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
             self._warm_start(np.flatnonzero(~self.warm))
         tasks = torch.randperm(hp.pool_size, generator=self.generator)[: hp.tasks_per_batch]
         slots = tasks.numpy()
-        epsilon = self._epsilon()
-        for _ in range(hp.collect_steps):
-            self.collector.step(slots, self._q_values, epsilon)
-        support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
         counts = torch.from_numpy(self.env.action_counts[slots])  # before a retirement changes the slots' tasks
+        self._collect(tasks, counts)
+        support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
         self._retire()
         self.batches += 1
         return {

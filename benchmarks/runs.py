@@ -1,0 +1,32 @@
+"""Shared by the benchmarks: train one run of a config in a subprocess, reusing a run that already finished."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(config: Path, seed: int, run: Path, steps: int | None = None, overrides: list[str] | None = None) -> float:
+    """`mamldqn fit` of `config` (+ overrides) with `seed` into `run`; returns the fit's wall seconds (0 when a
+    finished run was reused: its time is in run/fit_done). A run stopped half-way resumes from its last
+    checkpoint (its time then counts from the resume)."""
+    done = run / "fit_done"
+    if done.is_file():
+        return float(done.read_text())
+    last = run / "checkpoints" / "last.ckpt"
+    steps_args = ["--trainer.max_steps", str(steps)] if steps else []
+    resume = ["--ckpt_path", "last"] if last.is_file() else []
+    cmd = [sys.executable, "-m", "mamldqn_pl", "fit", "--config", str(config), "--seed_everything", str(seed),
+           "--run_dir", str(run), "--trainer.enable_progress_bar", "false", *steps_args, *(overrides or []), *resume]
+    start = time.time()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{config.name} seed {seed} ({' '.join(overrides or [])}) failed:\n{out.stderr[-3000:]}")
+    seconds = time.time() - start
+    done.write_text(f"{seconds:.1f}")
+    print(f"trained {run.name} in {seconds:.0f} s", flush=True)
+    return seconds

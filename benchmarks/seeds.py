@@ -1,0 +1,216 @@
+"""Issue 10 from nothing: does meta-training give the same result whatever the training seed and the checkpoint?
+
+    .venv/bin/python benchmarks/seeds.py              # configs/cartpole.yaml, training seeds 0-4
+    .venv/bin/python benchmarks/seeds.py --ablation   # each stabilising mechanism off in turn, and all off; 3 seeds
+
+For every run: `mamldqn fit`, then the meta-test protocol (20 held-out tasks x 3 evaluation seeds, 200 new-task env
+steps, K in 0, 1, 3, 5) on its best-validation and its last checkpoint, and the spread of the validation return at
+K over the final third of training. K is fixed in advance to the trained K (3); nothing is chosen on test tasks.
+Writes docs/results/seeds.{csv,md,png} (or ablation.{csv,md,png}); the README's tables between the
+`<!-- NAME.md -->` markers are replaced by NAME.md. Runs go to lightning_logs/seeds/<variant>_s<seed>; finished
+runs and evaluations are reused, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from runs import ROOT, train
+
+from mamldqn_pl.compare import load
+from mamldqn_pl.evaluation import Protocol, evaluate_init
+from mamldqn_pl.report import summarize
+
+K = 3  # the trained K of configs/cartpole.yaml, fixed before any result was seen
+KS = (0, 1, 3, 5)
+CONFIG = ROOT / "configs/cartpole.yaml"
+OFF = {"model.ema_decay": "0", "model.meta_lr_schedule": "constant", "data.collect_adapted": "0"}
+ON = {"model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine", "data.collect_adapted": "0.5"}
+ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
+    "default": {},
+    "no_ema": {"model.ema_decay": OFF["model.ema_decay"]},
+    "no_cosine": {"model.meta_lr_schedule": OFF["model.meta_lr_schedule"]},
+    "no_adapted_collection": {"data.collect_adapted": OFF["data.collect_adapted"]},
+    "all_off": OFF,
+}
+COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
+           "val_std_last_third", "val_mean_last_third", "fit_s")
+
+
+def validation_curve(run: Path) -> list[tuple[int, float]]:
+    with open(run / "metrics.csv") as f:
+        return [(int(r["step"]), float(r[f"meta_val/return_k{K}"])) for r in csv.DictReader(f)
+                if r.get(f"meta_val/return_k{K}")]
+
+
+def evaluate(ckpt: Path) -> tuple[int, list[dict]]:
+    """The meta-test protocol's rows for one checkpoint at the trained budget."""
+    model, dm = load(str(ckpt))
+    protocol = Protocol(dm.hparams.adapt_budget, dm.hparams.epsilon_adapt, KS, 5, (0, 1, 2))
+    net = model.init_net
+    rows = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.test_tasks, model.adapt, model.inner,
+                         model.hparams.gamma, protocol, label="meta-init")
+    return int(torch.load(ckpt, weights_only=True)["global_step"]), rows
+
+
+def job(variant: str, seed: int, settings: dict[str, str], runs: Path) -> dict:
+    """Train (or reuse) one run and evaluate (or reuse) its best and last checkpoints."""
+    torch.set_num_threads(1)
+    run = runs / f"{variant}_s{seed}"
+    overrides = [a for key, value in settings.items() for a in (f"--{key}", value)]
+    fit_s = train(CONFIG, seed, run, overrides=overrides)
+    cache = run / "seeds_eval.json"
+    if not cache.is_file():
+        result = {name: evaluate(run / "checkpoints" / f"{name}.ckpt") for name in ("best", "last")}
+        cache.write_text(json.dumps({name: {"step": step, "rows": rows} for name, (step, rows) in result.items()}))
+    return {"variant": variant, "seed": seed, "fit_s": fit_s, "eval": json.loads(cache.read_text()),
+            "curve": validation_curve(run)}
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per variant x seed (and pooled) x checkpoint x K."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        mine = [r for r in results if r["variant"] == variant]
+        for ckpt in ("best", "last"):
+            entries = [(str(r["seed"]), r["eval"][ckpt]["rows"], r) for r in mine]
+            pooled = [{**row, "task": row["task"]} for _, rows, _ in entries for row in rows]
+            for seed, rows, r in [*entries, ("pooled", pooled, None)]:
+                if r is not None:
+                    curve = r["curve"]
+                    final = [v for s, v in curve if s > 2 * curve[-1][0] / 3]
+                    extra = {"ckpt_step": r["eval"][ckpt]["step"], "val_std_last_third": float(np.std(final, ddof=1)),
+                             "val_mean_last_third": float(np.mean(final)), "fit_s": r["fit_s"]}
+                else:
+                    extra = {"ckpt_step": "", "val_std_last_third": "", "val_mean_last_third": "",
+                             "fit_s": float(np.mean([e[2]["fit_s"] for e in entries]))}
+                summary = {(s["group"], s["k"]): s for s in summarize(rows)}
+                for k in KS:
+                    s = summary[("all", k)]
+                    flip = summary.get(("flip", k), {}).get("mean", float("nan"))
+                    out.append({"variant": variant, "seed": seed, "checkpoint": ckpt, "k": k, "n": s["n"],
+                                "mean": s["mean"], "iqm": s["iqm"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                                "flip_mean": flip, **extra})
+    return out
+
+
+def fmt(x, digits: int = 0) -> str:
+    return "" if x == "" else f"{x:.{digits}f}"
+
+
+def markdown(rows: list[dict], by_seed: bool) -> str:
+    """At K: mean [CI], IQM and flipped half for best and last, per seed (seeds.md) or pooled per variant."""
+    lines = [f"| {'seed' if by_seed else 'variant'} | best: mean [95% CI] | IQM | flipped | last: mean [95% CI] "
+             "| IQM | flipped | val std, last third | val mean, last third | fit s |", "|---" * 10 + "|"]
+    keep = [r for r in rows if r["k"] == K and (by_seed or r["seed"] == "pooled")]
+    for r in keep:
+        if r["checkpoint"] != "best":
+            continue
+        last = next(x for x in keep if x["checkpoint"] == "last" and x["seed"] == r["seed"]
+                    and x["variant"] == r["variant"])
+        if by_seed:
+            label = r["seed"]
+            spread = fmt(r["val_std_last_third"]), fmt(r["val_mean_last_third"])
+        else:
+            seeds = [x for x in rows if x["variant"] == r["variant"] and x["seed"] != "pooled" and x["k"] == K
+                     and x["checkpoint"] == "best"]
+            label = f"{r['variant']} ({len(seeds)} seeds)"
+            spread = (fmt(float(np.mean([x["val_std_last_third"] for x in seeds]))) + " (mean)",
+                      fmt(float(np.mean([x["val_mean_last_third"] for x in seeds]))))
+        lines.append(f"| {label} | {fmt(r['mean'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt(r['iqm'])} | "
+                     f"{fmt(r['flip_mean'])} | {fmt(last['mean'])} [{fmt(last['ci_low'])}, {fmt(last['ci_high'])}] | "
+                     f"{fmt(last['iqm'])} | {fmt(last['flip_mean'])} | {spread[0]} | {spread[1]} | "
+                     f"{fmt(r['fit_s'])} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    colours = dict(zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for r in results:
+        steps, values = zip(*r["curve"])
+        label = f"seed {r['seed']}" if len(variants) == 1 else (r["variant"] if r["seed"] == 0 else None)
+        left.plot(steps, values, color=None if len(variants) == 1 else colours[r["variant"]], alpha=0.8,
+                  label=label, lw=1.2)
+    left.set_xlabel("meta-step")
+    left.set_ylabel(f"validation return at K = {K}")
+    left.set_title(title)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    for i, variant in enumerate(variants):
+        for j, ckpt in enumerate(("best", "last")):
+            pts = [r for r in rows if r["variant"] == variant and r["k"] == K and r["checkpoint"] == ckpt]
+            x = i + (j - 0.5) * 0.3
+            seeds = [p for p in pts if p["seed"] != "pooled"]
+            pooled = next(p for p in pts if p["seed"] == "pooled")
+            right.scatter([x] * len(seeds), [p["mean"] for p in seeds], color="C0" if ckpt == "best" else "C1",
+                          s=14, label=(f"{ckpt} checkpoint, per seed" if i == 0 else None))
+            right.errorbar([x], [pooled["mean"]], yerr=[[pooled["mean"] - pooled["ci_low"]],
+                                                         [pooled["ci_high"] - pooled["mean"]]],
+                           color="k", fmt="_", capsize=4)
+    right.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
+    right.set_ylabel(f"held-out return at K = {K} (pooled mean, 95% CI)")
+    right.set_title("20 held-out tasks x 3 evaluation seeds")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: list[dict], out: Path, name: str, by_seed: bool) -> str:
+    rows = table_rows(results)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = markdown(rows, by_seed)
+    (out / f"{name}.md").write_text(table + "\n")
+    plot(results, rows, out / f"{name}.png", "validation return per training seed" if by_seed else
+         "validation return (first seed of each variant in the legend)")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    marker = re.compile(rf"(<!-- {name}\.md -->\n).*?(\n<!-- /{name}\.md -->)", re.S)
+    if marker.search(text):
+        readme.write_text(marker.sub(lambda m: m.group(1) + table + m.group(2), text))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ablation", action="store_true", help="each mechanism off in turn, and all off")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0-4, or 0-2 with --ablation")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="with --ablation: a subset of " + ", ".join(ABLATION))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    args = parser.parse_args()
+    seeds = args.seeds or ([0, 1, 2] if args.ablation else [0, 1, 2, 3, 4])
+    variants = {v: ABLATION[v] for v in (args.variants or ABLATION)} if args.ablation else {"default": {}}
+    runs = ROOT / "lightning_logs" / "seeds"
+    start = time.time()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(job, v, s, settings, runs) for v, settings in variants.items() for s in seeds]
+        results = [f.result() for f in futures]
+    name = "ablation" if args.ablation else "seeds"
+    print(write(results, Path(args.out), name, by_seed=not args.ablation))
+    print(f"\nwrote {name}.csv/.md/.png to {args.out}; wall time {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
