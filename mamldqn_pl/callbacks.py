@@ -7,7 +7,16 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mamldqn_pl.errors import require
+from mamldqn_pl.errors import ConfigError, require
+from mamldqn_pl.evaluation import Protocol, eval_budgets, evaluate_shared
+from mamldqn_pl.report import format_table, summarize, write_report
+
+
+def evaluate(pl_module: pl.LightningModule, tasks: list, protocol: Protocol, scratch: bool = False) -> list[dict]:
+    """The protocol for the module's initialisation (its EMA when it keeps one), with its own inner update."""
+    family = pl_module.trainer.datamodule.family
+    return evaluate_shared(pl_module.init_net, family, tasks, pl_module.adapt, pl_module.inner,
+                           pl_module.hparams.gamma, protocol, scratch)
 
 
 class TargetNetworkSync(pl.Callback):
@@ -65,8 +74,8 @@ class MetaTestEvaluation(pl.Callback):
         if step % self.every_n_steps and step != trainer.max_steps:
             return
         ks = sorted({0, pl_module.hparams.inner_steps, *(self.ks or [])})  # the trained K picks the best ckpt
-        protocol = pl_module.protocol(ks, self.episodes, self.seeds)
-        rows = pl_module.evaluate(trainer.datamodule.val_tasks, protocol)
+        protocol = Protocol.of(trainer.datamodule.hparams, ks, self.episodes, self.seeds)
+        rows = evaluate(pl_module, trainer.datamodule.val_tasks, protocol)
         result = {"step": step}
         for k in ks:
             values = [r["return"] for r in rows if r["k"] == k]
@@ -83,3 +92,37 @@ class MetaTestEvaluation(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+
+
+class AdaptationReport(pl.Callback):
+    """`mamldqn test`: the meta-test protocol on the held-out test tasks for the initialisation and scratch, at
+    every budget, logged as meta_test/return_k{K} and written as adaptation.{csv,json,md,png} in the run folder.
+    The module declares it (configure_callbacks), so trainer.test(model) writes the report from Python too."""
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hp = pl_module.hparams
+        dm = trainer.datamodule
+        if dm is None:
+            raise ConfigError("mamldqn test needs the data module (data: in the config)")
+        ks, seeds = pl_module.test_ks, pl_module.test_seeds
+        budgets = eval_budgets(dm.hparams.adapt_budget, hp.test_budgets)
+        rows: list[dict] = []
+        for budget in budgets:
+            rows += evaluate(pl_module, dm.test_tasks, Protocol.of(dm.hparams, ks, hp.test_episodes, seeds, budget),
+                             scratch=True)
+        main, k = dm.hparams.adapt_budget, hp.inner_steps
+        protocol = Protocol.of(dm.hparams, ks, hp.test_episodes, seeds)
+        meta = {"ckpt_path": trainer.ckpt_path, "protocol": protocol.__dict__, "budgets": budgets,
+                "model": dict(hp), "data": dict(dm.hparams), "n_tasks": len(dm.test_tasks)}
+        summary = summarize(rows)
+        for s in summary:
+            if s["init"] == "meta-init" and s["group"] == "all" and s["budget"] == main:
+                pl_module.log(f"meta_test/return_k{s['k']}", s["mean"], batch_size=1)
+        if not trainer.is_global_zero:
+            return
+        write_report(rows, summary, trainer.default_root_dir, meta, budget=main, k=k)
+        shown = [s for s in summary if s["budget"] == main or (s["k"] == k and s["group"] == "all")]
+        pl_module.print(f"\nAdaptation on {len(dm.test_tasks)} held-out tasks x {len(seeds)} seeds (support: "
+                        f"{main} env steps at epsilon {dm.hparams.epsilon_adapt}; at K = {k} also other budgets):\n")
+        pl_module.print(format_table(shown))
+        pl_module.print(f"\nwrote adaptation.csv/.json/.md/.png (all budgets) to {trainer.default_root_dir}")

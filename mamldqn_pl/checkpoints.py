@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mamldqn_pl.errors import ConfigError
 
@@ -33,6 +34,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also saves at the run's last step when max_steps is not a multiple of
+    every_n_train_steps (Lightning's own saves only on multiples), so any max_steps ends evaluated and saved."""
+
+    def on_train_batch_end(self, trainer, pl_module, *args: Any) -> None:
+        every = self._every_n_train_steps
+        final = trainer.global_step == trainer.max_steps and every > 0 and trainer.global_step % every
+        if final:
+            self._every_n_train_steps = trainer.global_step  # Lightning's own save path, at this one step
+        try:
+            super().on_train_batch_end(trainer, pl_module, *args)
+        finally:
+            self._every_n_train_steps = every
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -12,12 +12,12 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError
-from pytorch_lightning.callbacks import ModelCheckpoint
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mamldqn_pl.callbacks import MetaTestEvaluation, TargetNetworkSync
-from mamldqn_pl.checkpoints import AtomicCheckpointIO, read_checkpoint
+from mamldqn_pl.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_checkpoint
 from mamldqn_pl.data import MetaDQNDataModule
 from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.loggers import ResumableCSVLogger
@@ -50,7 +50,7 @@ class MAMLDQNCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         every = self._get(self.config_init, "meta_val").every_n_steps
         monitor = f"meta_val/return_k{self.model.hparams.inner_steps}"  # validation return at the trained K
-        best = ModelCheckpoint(
+        best = RunCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_top_k=1,
             save_last=True, every_n_train_steps=every, enable_version_counter=False,
         )
@@ -60,41 +60,82 @@ class MAMLDQNCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir),
                                            plugins=plugins, **kwargs)
 
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads a checkpoint path's hyperparameters while parsing: check the file first."""
-        ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt and ckpt not in ("best", "last"):
-            read_checkpoint(ckpt)
-        super()._parse_ckpt_path()
+    def parse_arguments(self, parser, args) -> None:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
 
-    def _ckpt(self, subcommand: str, default: str | None) -> None:
-        """Resolve `best`/`last` to the run's fixed checkpoint folder; a missing or bad file is a user error."""
-        sub = self.config_init[subcommand]
-        ckpt = sub.get("ckpt_path") or default
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI builds the model from a checkpoint's own hyperparameters: resolve best/last first so that
+        this holds for them too, and refuse a checkpoint that does not fit the config's data or flags that
+        contradict it, instead of a traceback or a silently ignored flag."""
+        if not self.config.get("subcommand"):
+            return
+        sub = self.config[self.config.subcommand]
+        ckpt = sub.get("ckpt_path")
+        if self.config.subcommand == "test" and ckpt is None:
+            ckpt = "best"
         if ckpt in ("best", "last"):
-            path = self._run_dir() / "checkpoints" / f"{ckpt}.ckpt"
-            if not path.is_file():
-                raise ConfigError(f"--ckpt_path {ckpt}: no checkpoint at {path} (train first with "
-                                  f"`mamldqn fit --config ... --run_dir {self._run_dir()}`)")
-            ckpt = str(path)
-        if ckpt is not None:
-            read_checkpoint(ckpt)
-        sub["ckpt_path"] = ckpt
+            ckpt = str(self._resolve(ckpt, Path(sub.get("run_dir"))))
+            sub["ckpt_path"] = ckpt
+        if not ckpt:
+            return
+        check_fits(read_checkpoint(ckpt), ckpt, sub, self._argv)
+        kept = {k: sub["model"][k] for k in TEST_SETTINGS if k in (sub.get("model") or {})}
+        super()._parse_ckpt_path()  # the model's settings from the checkpoint...
+        for key, value in kept.items():  # ...but how to test stays the user's
+            self.config[self.config.subcommand]["model"][key] = value
+
+    @staticmethod
+    def _resolve(name: str, run_dir: Path) -> Path:
+        path = run_dir / "checkpoints" / f"{name}.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"--ckpt_path {name}: no checkpoint at {path} (train first with "
+                              f"`mamldqn fit --config ... --run_dir {run_dir}`)")
+        return path
 
     def before_fit(self) -> None:
         """Resume only on request; never overwrite another run's checkpoints by starting afresh over them."""
-        self._ckpt("fit", None)
-        max_steps, every = self.trainer.max_steps, self._get(self.config_init, "meta_val").every_n_steps
-        if max_steps < 1 or max_steps % every:
-            raise ConfigError(f"trainer.max_steps: {max_steps} must be a positive multiple of meta_val.every_n_steps "
-                              f"({every}), so that the final steps are evaluated and checkpointed")
+        if self.trainer.max_steps < 1:
+            raise ConfigError(f"trainer.max_steps: {self.trainer.max_steps} must be >= 1 (the run's length in "
+                              "meta-steps; its last step is always evaluated and checkpointed)")
         last = self._run_dir() / "checkpoints" / "last.ckpt"
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
             raise ConfigError(f"--run_dir {self._run_dir()} already holds a run ({last}); resume it with "
                               "--ckpt_path last, or choose another --run_dir")
 
-    def before_test(self) -> None:
-        self._ckpt("test", "best")
+
+# model settings that describe how to test, not what was trained: a test may change them
+TEST_SETTINGS = ("test_ks", "test_episodes", "test_seeds", "test_budgets", "num_threads")
+
+
+def _family_of(data) -> tuple:
+    members = tuple(m.get("family") for m in (data.get("members") or []))
+    return data.get("family"), data.get("env_id"), members
+
+
+def check_fits(ckpt: dict, path: str, sub, argv: list[str]) -> None:
+    """The checkpoint must be of the config's task family (same env, so same shapes), and model flags given on
+    the command line must agree with it: the checkpoint fixes the model. Settings that come from the config
+    file and differ are taken from the checkpoint, and printed."""
+    trained = ckpt.get("datamodule_hyper_parameters") or {}
+    hp = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    data = sub.get("data") or {}
+    if trained and _family_of(trained) != _family_of(data):
+        raise ConfigError(
+            f"--ckpt_path {path}: a checkpoint of family {_family_of(trained)[0]!r}"
+            f"{' ' + str(trained.get('env_id')) if trained.get('env_id') else ''} (obs_dim {hp.get('obs_dim')}, "
+            f"{hp.get('n_actions')} actions); this config's data is family {_family_of(data)[0]!r}"
+            f"{' ' + str(data.get('env_id')) if data.get('env_id') else ''}: give the config it was trained with")
+    given = {a[len("--model."):].split("=")[0] for a in argv if a.startswith("--model.")}
+    model = sub.get("model") or {}
+    for key, value in hp.items():
+        if key in TEST_SETTINGS or key not in model or model[key] == value:
+            continue
+        if key in given:
+            raise ConfigError(f"--model.{key}: {model[key]!r} contradicts the checkpoint {path}, which was trained "
+                              f"with {value!r}; the checkpoint fixes the model (drop the flag)")
+        print(f"mamldqn: note: model.{key} taken from the checkpoint: {value!r} (the config says {model[key]!r})",
+              file=sys.stderr)
 
 
 # Lightning notices that do not apply here: the checkpoint is taken after the meta-step on purpose, and
@@ -113,6 +154,10 @@ def main(args: list[str] | None = None) -> None:
         from mamldqn_pl.compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["adapt"]:  # not a Lightning stage: one checkpoint, one task of the user's
+        from mamldqn_pl.adapt import main as adapt_main
+
+        return adapt_main(argv[1:])
     for message in QUIET:
         warnings.filterwarnings("ignore", message=message)
     try:
@@ -125,6 +170,9 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
     except ConfigError as err:
         print(f"mamldqn: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except MisconfigurationException as err:  # e.g. an accelerator this machine does not have
+        print(f"mamldqn: error: trainer: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as err:  # diverged: checkpoints written before stay as they were
         print(f"mamldqn: error: {err}", file=sys.stderr)

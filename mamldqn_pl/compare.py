@@ -16,22 +16,18 @@ from pathlib import Path
 
 import torch
 
-from mamldqn_pl.checkpoints import read_checkpoint
 from mamldqn_pl.data import MetaDQNDataModule
 from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.evaluation import Protocol, eval_budgets, evaluate_init, evaluate_scratch
+from mamldqn_pl.metainit import MetaInit
 from mamldqn_pl.module import MAMLDQN
 from mamldqn_pl.report import format_table, summarize, write_report
 
 
 def load(path: str) -> tuple[MAMLDQN, MetaDQNDataModule]:
     """The module and data module of a checkpoint, rebuilt from its own hyperparameters."""
-    ckpt = read_checkpoint(path)
-    model_hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    data_hp = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
-    model = MAMLDQN(**model_hp)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), MetaDQNDataModule(**data_hp)
+    init = MetaInit.load(path)
+    return init.model, MetaDQNDataModule(**init.data)
 
 
 def compare(entries: list[tuple[str, str]], out: Path, ks: list[int], budgets: list[int] | None,
@@ -49,7 +45,8 @@ def compare(entries: list[tuple[str, str]], out: Path, ks: list[int], budgets: l
                               "ranges, test_ranges, test_seed and n_test_tasks must match)")
         for budget in eval_budgets(dm.hparams.adapt_budget, budgets):
             protocol = Protocol(budget, dm.hparams.epsilon_adapt, tuple(ks), episodes, tuple(seeds))
-            part = evaluate_init(model.net, dict(model.net.named_parameters()), dm.family, dm.test_tasks,
+            net = model.init_net  # the EMA of theta when the run kept one
+            part = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.test_tasks,
                                  model.adapt, model.inner, model.hparams.gamma, protocol, label=label)
             rows += [{**r, "run": run} for r in part]
     assert reference is not None and first is not None

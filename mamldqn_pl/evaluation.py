@@ -9,7 +9,7 @@ initialisation as target) for each K, then greedy episodes. All tasks x seeds ru
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
-from mamldqn_pl.data.replay import ReplayBuffers
+from mamldqn_pl.data.replay import FIELDS, ReplayBuffers
+from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
-from mamldqn_pl.meta.qnet import FastWeights
+from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task
 
@@ -34,6 +35,12 @@ class Protocol:
     episodes: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
 
+    @classmethod
+    def of(cls, data, ks, episodes: int, seeds, budget: int | None = None) -> Protocol:
+        """The protocol with a data module's support budget (or `budget`) and exploration (`data`: its hparams)."""
+        return cls(adapt_budget=data["adapt_budget"] if budget is None else budget,
+                   epsilon_adapt=data["epsilon_adapt"], ks=tuple(ks), episodes=episodes, seeds=tuple(seeds))
+
 
 def eval_budgets(main: int, budgets: Sequence[int] | None = None) -> list[int]:
     """New-task env steps the test protocol runs at: the trained adapt_budget `main` and, by default, around
@@ -47,26 +54,76 @@ def weights_device(tensors: dict[str, Tensor]) -> torch.device:
     return next(iter(tensors.values())).device
 
 
-def _greedy_returns(net: QNetwork, params: FastWeights, fast: FastWeights, family, tasks: Sequence[Task],
-                    episodes: int, generator: torch.Generator) -> Tensor:
-    """Mean undiscounted return of `episodes` greedy episodes per slot; fast weights carry a slot dim."""
-    n = len(tasks)
-    env = family.batched([t for t in tasks for _ in range(episodes)], generator)
-    rep = torch.arange(n).repeat_interleave(episodes)
-    fast_rep = {k: v[rep] for k, v in fast.items()}
-    total = torch.zeros(n * episodes, dtype=torch.float64)
-    alive = torch.ones(n * episodes, dtype=torch.bool)
+def greedy_returns(net: QNetwork, params: FastWeights, fast: FastWeights, env, episodes: int = 1) -> Tensor:
+    """Mean undiscounted return of `episodes` greedy episodes, one after another, in each slot of `env`; slot i
+    acts with fast weights [i] (the rest of `params` shared). An episode still running after the env's
+    max_episode_steps is cut there and counted with the return it has."""
+    n = len(env)
+    total = torch.zeros(n, dtype=torch.float64)
+    finished = torch.zeros(n, dtype=torch.long)
+    running = torch.zeros(n, dtype=torch.float64)
+    elapsed = torch.zeros(n, dtype=torch.long)
+    device = weights_device(fast)
     with torch.no_grad():
-        for _ in range(env.max_episode_steps):
-            obs = torch.from_numpy(env.obs).to(weights_device(fast)).unsqueeze(1)
-            q = batched_q(net, params, fast_rep, obs).squeeze(1)
+        for _ in range(env.max_episode_steps * episodes):
+            obs = torch.from_numpy(env.obs).to(device).unsqueeze(1)
+            q = batched_q(net, params, fast, obs).squeeze(1)
             actions = masked_argmax(q, torch.from_numpy(env.action_counts)).cpu()
             _, reward, terminated, truncated = env.step(actions.numpy())
-            total += alive.double() * torch.from_numpy(reward).double()
-            alive &= ~torch.from_numpy(terminated | truncated)
-            if not alive.any():
+            alive = finished < episodes
+            running += alive.double() * torch.from_numpy(reward).double()
+            elapsed += 1
+            ended = torch.from_numpy(terminated | truncated)
+            cut = (elapsed >= env.max_episode_steps) & ~ended  # a longer time limit than ours: reset it here
+            if cut.any():
+                env.reset(np.flatnonzero(cut.numpy()))
+            done = ended | cut
+            if (done & alive).any():
+                total += torch.where(done & alive, running, 0.0)
+                finished += (done & alive).long()
+                running[done], elapsed[done] = 0.0, 0
+            if bool((finished >= episodes).all()):
                 break
-    return total.view(n, episodes).mean(dim=1)
+    return total / episodes
+
+
+def collect(collector: Collector, q_fn, steps: int, epsilon: float) -> None:
+    """`steps` epsilon-greedy env steps in every slot of the collector's env."""
+    everyone = np.arange(len(collector.env))
+    for _ in range(steps):
+        collector.step(everyone, q_fn, epsilon)
+
+
+def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.ndarray, n_actions: int, q_target,
+                  gamma: float, device: torch.device) -> dict[str, Tensor]:
+    """Every transition in each slot's buffer as one inner-loop batch; TD targets from `q_target` (the frozen
+    initialisation). All slots hold the same number of transitions."""
+    size = int(buffers.size.max())
+    data = {name: getattr(buffers, name)[:, :size].to(device) for name in FIELDS}
+    valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions)
+    with torch.no_grad():
+        return {
+            "x": split.encode(data["obs"]),
+            "actions": data["actions"],
+            "target": td_target(data["rewards"], data["terminated"], q_target(data["next_obs"]), gamma,
+                                valid.unsqueeze(1)),
+        }
+
+
+def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tensor] | None, ks: Sequence[int],
+                    n: int) -> Iterator[tuple[int, FastWeights]]:
+    """The fast weights of n slots after K inner steps on each slot's support batch, for every K in `ks`
+    (ascending); one path of steps serves them all. Detached: nothing flows back to the initialisation."""
+    if support is None and any(k > 0 for k in ks):
+        raise ValueError("no support data (budget 0) to take inner steps on")
+    fast = {k: v.detach().expand(n, *v.shape).clone() for k, v in split.fast.items()}
+    step = torch.func.vmap(lambda f, b, k: inner.step(split.q_fn, f, b, k), in_dims=(0, 0, None))
+    done = 0
+    for k in sorted(set(ks)):
+        while done < k:
+            fast = {name: w.detach() for name, w in step(fast, support, done).items()}
+            done += 1
+        yield k, fast
 
 
 def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Task], adapt: str,
@@ -79,44 +136,43 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
     n = len(slots)
     params = {k: v.detach() for k, v in params.items()}
     generator = make_generator(*seeds, 7919)
+    device = weights_device(params)
+
+    def q_init(obs: Tensor) -> Tensor:
+        return torch.func.functional_call(net, params, (obs.to(device),))
+
     rows: list[dict] = []
     with torch.inference_mode(False), torch.enable_grad():
         split = split_for_adaptation(net, params, adapt)
-        fast = {k: v.expand(n, *v.shape).clone() for k, v in split.fast.items()}
+        support = None
         if protocol.adapt_budget > 0:
             env = family.batched(slots, generator)
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim)
-            collector = Collector(env, buffers, generator)
-            everyone = np.arange(n)
-            device = weights_device(params)
-
-            def q_init(obs: Tensor) -> Tensor:
-                return torch.func.functional_call(net, params, (obs.to(device),))
-
-            for _ in range(protocol.adapt_budget):
-                collector.step(everyone, q_init, protocol.epsilon_adapt)
-            data = {name: getattr(buffers, name).to(device) for name in ("obs", "actions", "rewards", "terminated")}
-            valid = valid_actions(torch.from_numpy(env.action_counts).to(device), family.n_actions)
-            with torch.no_grad():
-                support = {
-                    "x": split.encode(data["obs"]),
-                    "actions": data["actions"],
-                    "target": td_target(data["rewards"], data["terminated"], q_init(buffers.next_obs), gamma,
-                                        valid.unsqueeze(1)),
-                }
-            step = torch.func.vmap(lambda f, b, k: inner.step(split.q_fn, f, b, k), in_dims=(0, 0, None))
-        done = 0
-        for k in sorted(set(protocol.ks)):
-            if k > 0 and protocol.adapt_budget == 0:
-                raise ValueError("adapt_budget is 0: no data to take inner steps on")
-            while done < k:
-                fast = {name: w.detach() for name, w in step(fast, support, done).items()}
-                done += 1
-            returns = _greedy_returns(net, params, fast, family, slots, protocol.episodes, generator)
-            for i, value in enumerate(returns.tolist()):
+            collect(Collector(env, buffers, generator), q_init, protocol.adapt_budget, protocol.epsilon_adapt)
+            support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, gamma, device)
+        rep = torch.arange(n).repeat_interleave(protocol.episodes)
+        for k, fast in adapted_weights(split, inner, support, protocol.ks, n):
+            episodes = family.batched([t for t in slots for _ in range(protocol.episodes)], generator)
+            returns = greedy_returns(net, params, {name: w[rep] for name, w in fast.items()}, episodes)
+            for i, value in enumerate(returns.view(n, protocol.episodes).mean(dim=1).tolist()):
                 rows.append({"init": label, "task": slots[i].index, "group": slots[i].group,
                              "seed": slot_seed[i], "k": k, "budget": protocol.adapt_budget, "return": value})
     return rows
+
+
+def evaluate_shared(net: QNetwork, family, tasks: Sequence[Task], adapt: str, inner: InnerLoop, gamma: float,
+                    protocol: Protocol, scratch: bool = False) -> list[dict]:
+    """The protocol's rows for `net` (and fresh random inits too with `scratch`); under DDP each rank takes its
+    share of the tasks and every rank returns all rows."""
+    rank, size = world()
+    mine = list(tasks)[rank::size]
+    rows: list[dict] = []
+    if mine:
+        rows = evaluate_init(net, dict(net.named_parameters()), family, mine, adapt, inner, gamma, protocol,
+                             label="meta-init")
+        if scratch:
+            rows += evaluate_scratch(net, family, mine, adapt, inner, gamma, protocol)
+    return [row for part in gather_objects(rows) for row in part]
 
 
 def evaluate_scratch(net: QNetwork, family, tasks: Sequence[Task], adapt: str, inner: InnerLoop, gamma: float,

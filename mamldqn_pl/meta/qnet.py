@@ -32,6 +32,7 @@ class QNetwork(nn.Module):
         self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64), obs_scale: Sequence[float] | None = None
     ) -> None:
         super().__init__()
+        self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, list(hidden)
         layers: list[nn.Module] = [Scale(obs_scale if obs_scale is not None else [1.0] * obs_dim)]
         width = obs_dim
         for h in hidden:
@@ -42,6 +43,11 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.head(self.body(obs))
+
+    def arch(self) -> dict:
+        """The constructor's arguments: what rebuilds this network (plain data)."""
+        return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "hidden": self.hidden,
+                "obs_scale": self.body[0].scale.tolist()}
 
 
 def _strip(params: FastWeights, prefix: str) -> FastWeights:

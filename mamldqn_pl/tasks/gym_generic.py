@@ -22,13 +22,15 @@ class GymVectorEnv:
     starts fresh episodes in every slot, seeded from the data module's RNG, and keeps the replay buffers.
     """
 
-    def __init__(self, family: GymFamily, tasks: Sequence[Task], generator: torch.Generator) -> None:
+    def __init__(self, family, tasks: Sequence[Task], generator: torch.Generator,
+                 envs: Sequence[gym.Env] | None = None) -> None:
+        """One env per task from `family.make_env`, or the given `envs` (a user's own instances)."""
         self.family, self.generator = family, generator
         self.obs_dim, self.n_actions = family.obs_dim, family.n_actions
         self.max_episode_steps = family.max_episode_steps
-        self.envs: list[gym.Env] = [family.make_env(t) for t in tasks]
-        self.action_counts = np.full(len(tasks), self.n_actions, dtype=np.int64)
-        self._obs = np.zeros((len(tasks), self.obs_dim), dtype=np.float32)
+        self.envs: list[gym.Env] = list(envs) if envs is not None else [family.make_env(t) for t in tasks]
+        self.action_counts = np.full(len(self.envs), self.n_actions, dtype=np.int64)
+        self._obs = np.zeros((len(self.envs), self.obs_dim), dtype=np.float32)
         self.reset()
 
     def __len__(self) -> int:
