@@ -20,6 +20,7 @@ from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
 from mamldqn_pl.data.replay import FIELDS, ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
+from mamldqn_pl.meta.inner import LINEAR_HEAD
 from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task
@@ -118,6 +119,8 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
         raise ValueError("no support data (budget 0) to take inner steps on")
     fast = {k: v.detach().expand(n, *v.shape).clone() for k, v in split.fast.items()}
     step = torch.func.vmap(lambda f, b, k: inner.step(split.q_fn, f, b, k), in_dims=(0, 0, None))
+    if set(fast) == LINEAR_HEAD:  # head-only: the written-out step, equal and much cheaper
+        step = inner.linear_head_step
     done = 0
     for k in sorted(set(ks)):
         while done < k:

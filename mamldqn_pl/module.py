@@ -65,6 +65,7 @@ class MAMLDQN(pl.LightningModule):
         first_order: drop second-order terms of the meta-gradient; defaults to the algorithm's.
         inner_steps, inner_lr: K and alpha of the inner loop (also the meta-test defaults; Meta-SGD's initial rate).
         td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
+        multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
             the adapted weights).
         meta_lr_schedule: "constant", or "cosine" from meta_lr down to meta_lr_min at trainer.max_steps, so
@@ -93,6 +94,7 @@ class MAMLDQN(pl.LightningModule):
         inner_steps: int = 3,
         inner_lr: float = 0.05,
         td_normalize: bool = False,
+        multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
         meta_lr_schedule: Literal["constant", "cosine"] = "constant",
         meta_lr_min: float = 0.0,
@@ -144,7 +146,8 @@ class MAMLDQN(pl.LightningModule):
             n_fast = len(split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt).fast)
             self.log_inner_lr = nn.Parameter(torch.full((max(inner_steps, 1), n_fast), math.log(inner_lr)))
         self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=self.first_order, loss=td_loss,
-                               log_lrs=self.log_inner_lr, normalize=td_normalize)
+                               log_lrs=self.log_inner_lr, normalize=td_normalize,
+                               multi_step=multi_step_loss)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0
@@ -188,10 +191,14 @@ class MAMLDQN(pl.LightningModule):
         params = {k: v.detach() for k, v in self.net.named_parameters()}
         split = split_for_adaptation(self.net, params, self.adapt)
         support = {k: v.to(self.device) for k, v in support.items()}
-        fast = self.inner.adapted(split.q_fn, split.fast, self._inner_batch(split, support, mask))
+        fast = self.inner.adapted_no_grad(split.q_fn, split.fast, self._inner_batch(split, support, mask))
 
         def q(obs: Tensor) -> Tensor:
-            return batched_q(self.net, params, fast, obs.to(self.device).unsqueeze(1)).squeeze(1).cpu()
+            obs = obs.to(self.device)
+            if self.adapt == "head":  # shared body, one small head per task: no vmap needed
+                feats = split.encode(obs)
+                return (torch.einsum("mf,maf->ma", feats, fast["head.weight"]) + fast["head.bias"]).cpu()
+            return batched_q(self.net, params, fast, obs.unsqueeze(1)).squeeze(1).cpu()
 
         return q
 

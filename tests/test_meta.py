@@ -21,16 +21,17 @@ def inner_batch(split, data):
     return {"x": split.encode(data["obs"]), "actions": data["actions"], "target": data["target"]}
 
 
-def vmapped_grad(net, adapt, first_order, support, query):
+def vmapped_grad(net, adapt, first_order, support, query, multi_step=False):
     params = dict(net.named_parameters())
     split = split_for_adaptation(net, params, adapt)
-    inner = InnerLoop(LR, K, first_order)
+    inner = InnerLoop(LR, K, first_order, multi_step=multi_step)
     loss = inner.meta_losses(split.q_fn, split.fast, inner_batch(split, support), inner_batch(split, query)).mean()
     return torch.autograd.grad(loss, list(params.values()))
 
 
-def loop_grad(net, adapt, first_order, support, query):
-    """The learn2learn/higher style: per task, torch.autograd.grad(create_graph=True) unless first order."""
+def loop_grad(net, adapt, first_order, support, query, multi_step=False):
+    """The learn2learn/higher style: per task, torch.autograd.grad(create_graph=True) unless first order.
+    With multi_step, the query loss after every inner step counts (MAML++), averaged over the steps."""
     params = dict(net.named_parameters())
     fast_names = [k for k in params if adapt == "all" or k.startswith("head.")]
     total = 0.0
@@ -44,19 +45,27 @@ def loop_grad(net, adapt, first_order, support, query):
             loss = td_loss(q(fast, support["obs"][t]), support["actions"][t], support["target"][t])
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             fast = {k: w - LR * g for (k, w), g in zip(fast.items(), grads)}
-        total = total + td_loss(q(fast, query["obs"][t]), query["actions"][t], query["target"][t])
+            if multi_step:
+                total = total + td_loss(q(fast, query["obs"][t]), query["actions"][t], query["target"][t]) / K
+        if not multi_step:
+            total = total + td_loss(q(fast, query["obs"][t]), query["actions"][t], query["target"][t])
     return torch.autograd.grad(total / T, list(params.values()))
 
 
 @pytest.mark.parametrize("adapt", ["all", "head"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_vmapped_meta_gradient_equals_per_task_loop(adapt, first_order):
+@pytest.mark.parametrize("multi_step", [False, True])
+def test_vmapped_meta_gradient_equals_per_task_loop(adapt, first_order, multi_step):
     torch.manual_seed(0)
     net = QNetwork(4, 2, (32, 32), (2.4, 3.0, 0.21, 3.0))
     support, query = make_batches()
-    for a, b in zip(vmapped_grad(net, adapt, first_order, support, query),
-                    loop_grad(net, adapt, first_order, support, query)):
+    for a, b in zip(vmapped_grad(net, adapt, first_order, support, query, multi_step),
+                    loop_grad(net, adapt, first_order, support, query, multi_step), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    if multi_step:  # and it is a different objective from the last step's alone
+        single = vmapped_grad(net, adapt, first_order, support, query)
+        assert not all(torch.allclose(a, b) for a, b in zip(single, loop_grad(net, adapt, first_order, support,
+                                                                                query, multi_step)))
 
 
 @pytest.mark.parametrize("adapt", ["all", "head"])
@@ -134,3 +143,26 @@ def test_td_loss_kinds():
     assert td_loss(q, actions, target, "huber").item() == pytest.approx((1.5 + 0.125) / 2)
     with pytest.raises(ValueError, match="td loss"):
         td_loss(q, actions, target, "l1")
+
+
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("learned_rates", [False, True])
+def test_written_out_linear_head_steps_equal_the_torch_func_inner_loop(loss, normalize, learned_rates):
+    """The fast path of collection and evaluation (ANIL, no autograd) against the vmapped torch.func reference."""
+    torch.manual_seed(0)
+    net = QNetwork(4, 3, (32, 32), (2.4, 3.0, 0.21, 3.0))
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    split = split_for_adaptation(net, params, "head")
+    g = torch.Generator().manual_seed(1)
+    support = inner_batch(split, {"obs": torch.randn(T, N, 4, generator=g) * 2,
+                                  "actions": torch.randint(3, (T, N), generator=g),
+                                  "target": torch.randn(T, N, generator=g) * 3 + 5})
+    log_lrs = torch.log(torch.rand(K, 2, generator=g) * 0.1 + 0.01) if learned_rates else None
+    inner = InnerLoop(0.3, K, loss=loss, normalize=normalize, log_lrs=log_lrs)
+    fast = inner.adapted_no_grad(split.q_fn, split.fast, support)
+    reference = inner.adapted(split.q_fn, split.fast, support)
+    assert set(fast) == {"head.weight", "head.bias"}
+    for name in fast:
+        torch.testing.assert_close(fast[name], reference[name], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(fast[name], split.fast[name].expand_as(fast[name]))  # the steps moved it

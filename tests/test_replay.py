@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 import torch
 
 from mamldqn_pl.data import ReplayBuffers
@@ -63,3 +64,18 @@ def test_state_dict_is_tensors_only_and_round_trips_with_weights_only():
         assert torch.equal(value, getattr(restored, name))
     buffers.clear(torch.tensor([1]))
     assert buffers.size.tolist() == [13, 0, 13]
+
+
+def test_keep_first_protects_the_warm_start_and_the_query_comes_after_it():
+    buffers = ReplayBuffers(n_tasks=2, capacity=10, obs_dim=1, keep_first=4)
+    tasks = torch.tensor([0, 1])
+    for t in range(23):  # fills 0..9, then wraps to slot 4 (not 0) twice
+        value = torch.full((2, 1), float(t))
+        buffers.add(tasks, value, torch.zeros(2, dtype=torch.long), torch.zeros(2), value, torch.zeros(2))
+    assert buffers.obs[0, :4, 0].tolist() == [0, 1, 2, 3]  # never overwritten
+    assert sorted(buffers.obs[0, 4:, 0].tolist()) == list(range(17, 23))  # the 6 newest fill slots 4..9
+    support, query = buffers.sample_after_first(tasks, 3, 5, make_generator(0))
+    assert support["obs"][:, :, 0].tolist() == [[0, 1, 2], [0, 1, 2]]  # the first transitions, in order
+    assert (query["obs"] >= 17).all() and all(len(set(q.tolist())) == 5 for q in query["obs"][:, :, 0])
+    with pytest.raises(RuntimeError, match="not kept"):
+        buffers.sample_after_first(tasks, 5, 1, make_generator(0))

@@ -3,6 +3,7 @@ rate, and collection with each task's adapted policy."""
 
 import math
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import SMALL_DATA
@@ -47,9 +48,10 @@ def test_cosine_meta_learning_rate_reaches_its_floor_at_the_last_step():
     assert abs(snaps.lr[-1] - 1e-4) < 1e-12  # at max_steps the rate is at its floor
 
 
-def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_writes_them_back():
+@pytest.mark.parametrize("algorithm", ["maml", "anil"])  # vmapped networks; ANIL's shared body + per-task heads
+def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_writes_them_back(algorithm):
     torch.manual_seed(0)
-    model = MAMLDQN(hidden=[16, 16], algorithm="maml", inner_steps=2, inner_lr=0.5)
+    model = MAMLDQN(hidden=[16, 16], algorithm=algorithm, inner_steps=2, inner_lr=0.5)
     dm = MetaDQNDataModule(**{**SMALL_DATA, "collect_adapted": 0.5, "collect_steps": 1})
     dm._build(rank=0)
     seen = {}
@@ -67,12 +69,13 @@ def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_write
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # theta, theta^- untouched
     assert all(p.grad is None for p in model.parameters())
-    (own, _), (rest, init_policy) = calls
-    assert len(own) == 2 and len(rest) == 2 and init_policy == model.q_values  # collect_adapted 0.5 of 4 tasks
+    ((slots, _),) = calls  # one collection step, all 4 tasks
+    own, rest = slots[:2], slots[2:]  # collect_adapted 0.5 of 4: the first 2 of the random draw
     # expected: a plain per-task inner loop (no vmap) on the same support data, then the greedy action
     params = {k: v.detach() for k, v in model.net.named_parameters()}
     split = split_for_adaptation(model.net, params, model.adapt)
     batch = model._inner_batch(split, seen["support"], seen["mask"])
+    assert len(seen["support"]["obs"]) == 2
     for i, task in enumerate(own.tolist()):
         fast = model.inner.adapt(split.q_fn, split.fast, {k: v[i] for k, v in batch.items()})
         slot = int((dm.buffers.pos[task] - 1) % dm.buffers.capacity)

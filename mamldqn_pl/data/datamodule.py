@@ -60,6 +60,10 @@ class MetaDQNDataModule(pl.LightningDataModule):
         epsilon_adapt: exploration of that warm start and of meta-test support collection.
         learning_starts: transitions in each buffer before it is sampled (>= support_size + query_size).
         retire_after: env steps after which a pool task is replaced by a freshly sampled one (0: never).
+        support_from: where the support batch comes from: "random" (support_size transitions drawn from the
+            buffer, disjoint from the query) or "warm_start" (each task's first support_size transitions, which
+            are its warm start by the initialisation at epsilon_adapt: the meta-test support data; kept for the
+            task's life; the query is drawn from the rest). Train as you test.
         collect_adapted: share of each meta-step's sampled tasks that collect with their own adapted policy
             (epsilon-greedy on theta after the inner loop on a support batch of that task) instead of theta's.
             The query data then also covers the states that the adapted policy visits, as at meta-test.
@@ -86,6 +90,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         epsilon_adapt: float = 0.25,
         learning_starts: int = 256,
         retire_after: int = 2000,
+        support_from: str = "random",
         collect_adapted: float = 0.0,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
@@ -117,6 +122,16 @@ class MetaDQNDataModule(pl.LightningDataModule):
         require(0.0 <= epsilon_adapt <= 1.0, f"data.epsilon_adapt: {epsilon_adapt} must lie in [0, 1]")
         require(retire_after == 0 or retire_after > learning_starts,
                 f"data.retire_after: {retire_after} must be 0 (never) or above learning_starts = {learning_starts}")
+        require(support_from in ("random", "warm_start"), f"data.support_from: {support_from!r}; allowed: random, "
+                "warm_start")
+        if support_from == "warm_start":
+            require(support_size <= adapt_budget, f"data.support_size: {support_size} exceeds data.adapt_budget = "
+                    f"{adapt_budget} (with support_from warm_start the support is the warm start's first transitions)")
+            require(learning_starts >= adapt_budget + query_size,
+                    f"data.learning_starts: {learning_starts} is below adapt_budget + query_size = "
+                    f"{adapt_budget + query_size} (support_from warm_start draws the query after the warm start)")
+            require(buffer_capacity > learning_starts, f"data.buffer_capacity: {buffer_capacity} must exceed "
+                    f"data.learning_starts = {learning_starts} with support_from warm_start")
         require(0.0 <= collect_adapted <= 1.0, f"data.collect_adapted: {collect_adapted} must lie in [0, 1]")
         require(len({train_seed, val_seed, test_seed}) == 3,
                 f"data seeds must differ: train {train_seed}, val {val_seed}, test {test_seed}")
@@ -153,7 +168,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.pool: list[Task] = self.family.sample(hp.pool_size, self.task_generator)
         self.env = self.family.batched(self.pool, make_generator(hp.train_seed, run_seed, rank, salt, 2))
         self.batches = 0
-        self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim)
+        keep = hp.adapt_budget if hp.support_from == "warm_start" else 0
+        self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim, keep_first=keep)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
         self._built = True
@@ -193,25 +209,31 @@ class MetaDQNDataModule(pl.LightningDataModule):
             self.env.set_tasks(old, fresh)
             self.warm[old] = False
 
+    def _support_query(self, tasks: torch.Tensor, n_query: int) -> tuple[dict, dict]:
+        hp = self.hparams
+        if hp.support_from == "warm_start":
+            return self.buffers.sample_after_first(tasks, hp.support_size, n_query, self.generator)
+        return self.buffers.sample_disjoint(tasks, hp.support_size, n_query, self.generator)
+
     def _collect(self, tasks: torch.Tensor, counts: torch.Tensor) -> None:
         """collect_steps env steps in each sampled task: the first collect_adapted share of them (a random
         subset: `tasks` is a random draw) acts with its adapted policy, the rest with theta's."""
         hp = self.hparams
-        epsilon = self._epsilon()
-        n_adapted = round(hp.collect_adapted * len(tasks))
-        policies = []
+        q_values, n_adapted = self._q_values, round(hp.collect_adapted * len(tasks))
         if n_adapted:
             if self._adapted_q_values is None:
                 raise RuntimeError("data.collect_adapted > 0 needs the module's adapted policy (attach_policy)")
-            own = tasks[:n_adapted]
-            support, _ = self.buffers.sample_disjoint(own, hp.support_size, 0, self.generator)
-            mask = valid_actions(counts[:n_adapted], self.n_actions)
-            policies.append((own.numpy(), self._adapted_q_values(support, mask)))
-        if n_adapted < len(tasks):
-            policies.append((tasks[n_adapted:].numpy(), self._q_values))
+            support, _ = self._support_query(tasks[:n_adapted], 0)
+            adapted = self._adapted_q_values(support, valid_actions(counts[:n_adapted], self.n_actions))
+            theta = self._q_values
+
+            def q_values(obs: torch.Tensor) -> torch.Tensor:  # rows in the order of `tasks`
+                parts = [adapted(obs[:n_adapted])] + ([theta(obs[n_adapted:])] if n_adapted < len(obs) else [])
+                return torch.cat(parts)
+
+        epsilon, slots = self._epsilon(), tasks.numpy()
         for _ in range(hp.collect_steps):
-            for slots, q_values in policies:
-                self.collector.step(slots, q_values, epsilon)
+            self.collector.step(slots, q_values, epsilon)
 
     def next_batch(self) -> dict:
         """Collect with the current policy, then draw disjoint support/query batches for m sampled tasks."""
@@ -224,7 +246,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         slots = tasks.numpy()
         counts = torch.from_numpy(self.env.action_counts[slots])  # before a retirement changes the slots' tasks
         self._collect(tasks, counts)
-        support, query = self.buffers.sample_disjoint(tasks, hp.support_size, hp.query_size, self.generator)
+        support, query = self._support_query(tasks, hp.query_size)
         self._retire()
         self.batches += 1
         return {

@@ -9,10 +9,17 @@ FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
 
 class ReplayBuffers:
-    """Per-task ring buffers of (s, a, r, s', terminated); tensors only, so checkpoints load with weights_only."""
+    """Per-task ring buffers of (s, a, r, s', terminated); tensors only, so checkpoints load with weights_only.
 
-    def __init__(self, n_tasks: int, capacity: int, obs_dim: int) -> None:
+    With `keep_first` > 0 the ring wraps to slot keep_first instead of 0: each task's first transitions (its
+    warm start, collected exactly like meta-test support) are never overwritten.
+    """
+
+    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, keep_first: int = 0) -> None:
+        if not 0 <= keep_first < capacity:
+            raise ValueError(f"keep_first {keep_first} must lie in [0, capacity {capacity})")
         self.capacity = capacity
+        self.keep_first = keep_first
         self.obs = torch.zeros(n_tasks, capacity, obs_dim)
         self.next_obs = torch.zeros(n_tasks, capacity, obs_dim)
         self.actions = torch.zeros(n_tasks, capacity, dtype=torch.long)
@@ -30,7 +37,7 @@ class ReplayBuffers:
         self.rewards[tasks, pos] = rewards
         self.next_obs[tasks, pos] = next_obs
         self.terminated[tasks, pos] = terminated.float()
-        self.pos[tasks] = (pos + 1) % self.capacity
+        self.pos[tasks] = torch.where(pos + 1 >= self.capacity, self.keep_first, pos + 1)
         self.size[tasks] = torch.clamp(self.size[tasks] + 1, max=self.capacity)
 
     def clear(self, tasks: Tensor) -> None:
@@ -60,6 +67,23 @@ class ReplayBuffers:
         keys[torch.arange(self.capacity).unsqueeze(0) >= self.size[tasks].unsqueeze(1)] = 2.0  # empty slots last
         slots = keys.topk(need, dim=1, largest=False).indices  # the `need` smallest keys, in key order
         return self.gather(tasks, slots[:, :n_support]), self.gather(tasks, slots[:, n_support:])
+
+    def sample_after_first(self, tasks: Tensor, n_support: int, n_query: int,
+                           generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Support: each task's first n_support transitions (its warm start, in order); query: n_query drawn
+        without replacement from the rest. Disjoint by construction."""
+        if n_support > self.keep_first:
+            raise RuntimeError(f"the first {n_support} transitions are not kept (keep_first {self.keep_first})")
+        need = self.keep_first + n_query
+        short = self.size[tasks] < need
+        if short.any():
+            raise RuntimeError(f"buffers {tasks[short].tolist()} hold fewer than {need} transitions")
+        keys = torch.rand(len(tasks), self.capacity, generator=generator)
+        slot = torch.arange(self.capacity).unsqueeze(0)
+        keys[(slot >= self.size[tasks].unsqueeze(1)) | (slot < self.keep_first)] = 2.0  # never drawn
+        query = keys.topk(n_query, dim=1, largest=False).indices
+        first = torch.arange(n_support).expand(len(tasks), n_support)
+        return self.gather(tasks, first), self.gather(tasks, query)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {name: getattr(self, name).clone() for name in (*FIELDS, "pos", "size")}

@@ -15,6 +15,7 @@ from mamldqn_pl.meta.qnet import FastWeights, QFn
 from mamldqn_pl.meta.td import td_loss
 
 Batch = dict[str, Tensor]
+LINEAR_HEAD = {"head.weight", "head.bias"}  # the fast weights of head-only adaptation (ANIL)
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class InnerLoop:
     The step size is `lr`, or with `log_lrs` (Meta-SGD, per step and per fast tensor, shape [steps, tensors])
     exp(log_lrs[k]) for step k: learned, and positive by construction; steps beyond those trained reuse the
     last row. With `normalize`, each TD loss is divided by the task's value scale (mean |target| + 1), so that
-    the gradient no longer grows with the size of the values.
+    the gradient no longer grows with the size of the values. With `multi_step` (MAML++'s multi-step loss) the
+    meta-objective is the mean query loss after each of the K steps, not only after the last: every K up to the
+    trained one is trained to be good, so adaptation does not oscillate between steps.
     """
 
     lr: float
@@ -33,6 +36,7 @@ class InnerLoop:
     loss: str = "huber"
     log_lrs: Tensor | None = None
     normalize: bool = False
+    multi_step: bool = False
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
         loss = td_loss(q_fn(fast, batch["x"]), batch["actions"], batch["target"], self.loss)
@@ -54,14 +58,38 @@ class InnerLoop:
         lrs = self.step_sizes(fast, k)
         return {name: w - lrs[name] * grads[name] for name, w in fast.items()}
 
+    def linear_head_step(self, fast: FastWeights, batch: Batch, k: int = 0) -> FastWeights:
+        """Step k for many tasks at once when the fast part is the linear head (ANIL): fast holds head.weight
+        [m, A, F] and head.bias [m, A], batch x [m, N, F]. The TD loss's gradient is written out (Huber:
+        clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals `step` under vmap (tested).
+        For evaluation and collection, where no meta-gradient flows through the inner loop."""
+        w, b = fast["head.weight"], fast["head.bias"]
+        x, actions, target = batch["x"], batch["actions"], batch["target"]
+        q_sa = (torch.einsum("mnf,maf->mna", x, w) + b.unsqueeze(1)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        error = q_sa - target
+        d = (error.clamp(-1.0, 1.0) if self.loss == "huber" else 2.0 * error) / error.shape[1]
+        if self.normalize:
+            d = d / (target.abs().mean(dim=1, keepdim=True) + 1.0)
+        per_action = torch.nn.functional.one_hot(actions, w.shape[1]).to(x.dtype) * d.unsqueeze(-1)  # [m, N, A]
+        lrs = self.step_sizes(fast, k)
+        return {"head.weight": w - lrs["head.weight"] * torch.einsum("mna,mnf->maf", per_action, x),
+                "head.bias": b - lrs["head.bias"] * per_action.sum(dim=1)}
+
     def adapt(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> FastWeights:
         for k in range(self.steps):
             fast = self.step(q_fn, fast, batch, k)
         return fast
 
     def query_loss(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch) -> Tensor:
-        """One task's meta-objective: the query TD loss of the weights adapted on the support batch."""
-        return self.loss_of(q_fn, self.adapt(q_fn, fast, support), query)
+        """One task's meta-objective: the query TD loss of the weights adapted on the support batch (with
+        multi_step: its mean over the weights after each inner step)."""
+        if not self.multi_step or self.steps == 0:
+            return self.loss_of(q_fn, self.adapt(q_fn, fast, support), query)
+        total = 0.0
+        for k in range(self.steps):
+            fast = self.step(q_fn, fast, support, k)
+            total = total + self.loss_of(q_fn, fast, query)
+        return total / self.steps
 
     def meta_losses(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch) -> Tensor:
         """Per-task query losses after adaptation, all tasks in one vmapped pass; shape [tasks]."""
@@ -75,3 +103,13 @@ class InnerLoop:
     def adapted(self, q_fn: QFn, fast: FastWeights, support: Batch) -> FastWeights:
         """Every task's adapted weights, with a leading task dimension (Reptile's outer step uses them)."""
         return torch.func.vmap(lambda s: self.adapt(q_fn, fast, s))(support)
+
+    def adapted_no_grad(self, q_fn: QFn, fast: FastWeights, support: Batch) -> FastWeights:
+        """`adapted` for collection and evaluation (nothing flows back): the written-out step for a linear head."""
+        if set(fast) != LINEAR_HEAD:
+            return {k: v.detach() for k, v in self.adapted(q_fn, fast, support).items()}
+        m = support["x"].shape[0]
+        fast = {k: v.detach().expand(m, *v.shape) for k, v in fast.items()}
+        for k in range(self.steps):
+            fast = self.linear_head_step(fast, support, k)
+        return fast
