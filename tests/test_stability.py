@@ -80,8 +80,9 @@ def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_write
         fast = model.inner.adapt(split.q_fn, split.fast, {k: v[i] for k, v in batch.items()})
         slot = int((dm.buffers.pos[task] - 1) % dm.buffers.capacity)
         obs = dm.buffers.obs[task, slot].unsqueeze(0)
-        assert dm.buffers.actions[task, slot].item() == split.q_fn(fast, obs).argmax(-1).item()
-        assert not torch.allclose(split.q_fn(fast, obs), model.net(obs))  # adaptation really changed Q
+        q_adapted = split.q_fn(fast, split.encode(obs))
+        assert dm.buffers.actions[task, slot].item() == q_adapted.argmax(-1).item()
+        assert not torch.allclose(q_adapted, model.net(obs))  # adaptation really changed Q
     for task in rest.tolist():
         slot = int((dm.buffers.pos[task] - 1) % dm.buffers.capacity)
         assert dm.buffers.actions[task, slot].item() == model.net(dm.buffers.obs[task, slot]).argmax().item()
