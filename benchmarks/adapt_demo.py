@@ -11,7 +11,6 @@ Uses only the public API (MetaInit.load, init.adapt, agent.act).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import gymnasium as gym
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from mamldqn_pl.metainit import MetaInit
+from mamldqn_pl.report import write_csv
 from mamldqn_pl.tasks.family import ReverseActions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +51,7 @@ def main() -> None:
         rows += [{"seed": seed, "k": r["k"], "return": r["return"]} for r in agent.report["returns"]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "adapt_demo.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["seed", "k", "return"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "adapt_demo.csv", ["seed", "k", "return"], rows)
 
     import matplotlib
 

@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,7 +28,7 @@ from runs import ROOT, train
 
 from mamldqn_pl.compare import load
 from mamldqn_pl.evaluation import Protocol, evaluate_init
-from mamldqn_pl.report import summarize
+from mamldqn_pl.report import summarize, write_csv
 
 K = 3  # the trained K of configs/cartpole.yaml, fixed before any result was seen
 KS = (0, 1, 3, 5)
@@ -61,11 +62,11 @@ def evaluate(ckpt: Path) -> tuple[int, list[dict]]:
     return int(torch.load(ckpt, weights_only=True)["global_step"]), rows
 
 
-def job(variant: str, seed: int, settings: dict[str, str], runs: Path) -> dict:
+def job(variant: str, seed: int, settings: dict[str, str], runs: Path, extra: list[str]) -> dict:
     """Train (or reuse) one run and evaluate (or reuse) its best and last checkpoints."""
     torch.set_num_threads(1)
     run = runs / f"{variant}_s{seed}"
-    overrides = [a for key, value in settings.items() for a in (f"--{key}", value)]
+    overrides = [a for key, value in settings.items() for a in (f"--{key}", value)] + extra
     fit_s = train(CONFIG, seed, run, overrides=overrides)
     cache = run / "seeds_eval.json"
     if not cache.is_file():
@@ -172,22 +173,18 @@ def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write(results: list[dict], out: Path, name: str, by_seed: bool) -> str:
+def write(results: list[dict], out: Path, name: str, by_seed: bool, readme: bool) -> str:
     rows = table_rows(results)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / f"{name}.csv", COLUMNS, rows)
     table = markdown(rows, by_seed)
     (out / f"{name}.md").write_text(table + "\n")
     plot(results, rows, out / f"{name}.png", "validation return per training seed" if by_seed else
          "validation return (first seed of each variant in the legend)")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    marker = re.compile(rf"(<!-- {name}\.md -->\n).*?(\n<!-- /{name}\.md -->)", re.S)
-    if marker.search(text):
-        readme.write_text(marker.sub(lambda m: m.group(1) + table + m.group(2), text))
+    if readme:
+        path = ROOT / "README.md"
+        marker = re.compile(rf"(<!-- {name}\.md -->\n).*?(\n<!-- /{name}\.md -->)", re.S)
+        path.write_text(marker.sub(lambda m: m.group(1) + table + m.group(2), path.read_text()))
     return table
 
 
@@ -198,17 +195,21 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None,
                         help="with --ablation: a subset of " + ", ".join(ABLATION))
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    parser.add_argument("--out", default=str(ROOT / "docs/results"),
+                        help="the README's tables are rewritten only for this default")
+    parser.add_argument("--runs", default=str(ROOT / "lightning_logs" / "seeds"))
+    parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for every run (smoke tests)")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0, 1, 2, 3, 4])
     variants = {v: ABLATION[v] for v in (args.variants or ABLATION)} if args.ablation else {"default": {}}
-    runs = ROOT / "lightning_logs" / "seeds"
+    runs, extra = Path(args.runs), shlex.split(args.extra_args)
     start = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(job, v, s, settings, runs) for v, settings in variants.items() for s in seeds]
+        futures = [pool.submit(job, v, s, settings, runs, extra) for v, settings in variants.items() for s in seeds]
         results = [f.result() for f in futures]
     name = "ablation" if args.ablation else "seeds"
-    print(write(results, Path(args.out), name, by_seed=not args.ablation))
+    readme = Path(args.out).resolve() == (ROOT / "docs/results").resolve()
+    print(write(results, Path(args.out), name, by_seed=not args.ablation, readme=readme))
     print(f"\nwrote {name}.csv/.md/.png to {args.out}; wall time {time.time() - start:.0f} s")
 
 

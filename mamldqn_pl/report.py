@@ -111,15 +111,19 @@ def plot(summary: list[dict], path: Path, budget: int, k: int, title: str = "") 
     plt.close(fig)
 
 
+def write_csv(path: Path, columns, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_report(rows: list[dict], summary: list[dict], out_dir: Path, meta: dict, budget: int, k: int,
                  name: str = "adaptation") -> None:
     """Write NAME.csv (summary), NAME.json (summary, raw rows, settings), NAME.md and NAME.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(summary)
+    write_csv(out_dir / f"{name}.csv", SUMMARY_COLUMNS, summary)
     with open(out_dir / f"{name}.json", "w") as f:
         json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
     (out_dir / f"{name}.md").write_text(format_table(summary) + "\n")

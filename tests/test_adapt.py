@@ -2,6 +2,7 @@
 this package, and the CLI's rough edges around checkpoints (issue 12)."""
 
 import json
+import os
 import site
 import subprocess
 import sys
@@ -172,3 +173,21 @@ def test_model_flags_that_the_checkpoint_fixes_are_refused_not_ignored(ckpt, tmp
     assert out.returncode == 2 and "Traceback" not in out.stderr
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("mamldqn: error: --model.hidden: [32] contradicts the checkpoint") and "[16]" in line
+
+
+def test_a_users_own_env_class_adapts_by_entry_point(ckpt, tmp_path):
+    (tmp_path / "my_envs.py").write_text(
+        "from gymnasium.envs.classic_control.cartpole import CartPoleEnv\n\n"
+        "class HeavyCartPole(CartPoleEnv):\n"
+        "    def __init__(self, render_mode=None):\n"
+        "        super().__init__(render_mode=render_mode)\n"
+        "        self.masscart = 2.0\n"
+        "        self.total_mass = self.masspole + self.masscart\n")
+    out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "adapt", "--ckpt_path", str(ckpt), "--env_id",
+                          "my_envs:HeavyCartPole", "--env_kwargs", '{"max_episode_steps": 100}', "--budget", "40",
+                          "--k", "1", "--episodes", "1", "--out", str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "adapt.json").read_text())
+    assert [r["k"] for r in report["returns"]] == [0, 1] and all(r["return"] <= 100 for r in report["returns"])
