@@ -165,7 +165,7 @@ def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
                            color="k", fmt="_", capsize=4)
     right.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
     right.set_ylabel(f"held-out return at K = {K} (pooled mean, 95% CI)")
-    right.set_title("20 held-out tasks x 3 evaluation seeds")
+    right.set_title("held-out tasks x 3 evaluation seeds; bars: pooled 95% CI")
     right.grid(alpha=0.3)
     right.legend(fontsize=7)
     fig.tight_layout()

@@ -68,8 +68,9 @@ class MAMLDQN(pl.LightningModule):
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
             the adapted weights).
-        meta_lr_schedule: "constant", or "cosine" from meta_lr down to meta_lr_min at trainer.max_steps, so
-            that the last meta-steps move theta little and the last checkpoint is a settled one.
+        meta_lr_schedule: "constant", or "cosine" from meta_lr down to meta_lr_min at meta_lr_horizon meta-steps
+            (default trainer.max_steps), so that the last meta-steps move theta little and the last checkpoint
+            is a settled one. The rate is a function of the step alone: a resumed run follows the same curve.
         ema_decay: 0 (off) or the decay of an exponential moving average of theta (updated after every
             meta-step: ema <- decay * ema + (1 - decay) * theta). When on, the average is the initialisation
             that validation, `best` checkpoints, `test` and `adapt` use; collection and the meta-gradient
@@ -98,6 +99,7 @@ class MAMLDQN(pl.LightningModule):
         meta_lr: float = 1e-3,
         meta_lr_schedule: Literal["constant", "cosine"] = "constant",
         meta_lr_min: float = 0.0,
+        meta_lr_horizon: int | None = None,
         ema_decay: float = 0.0,
         gamma: float = 0.99,
         td_loss: Literal["huber", "mse"] = "huber",
@@ -123,6 +125,8 @@ class MAMLDQN(pl.LightningModule):
         require(meta_lr_schedule in ("constant", "cosine"),
                 f"model.meta_lr_schedule: {meta_lr_schedule!r}; allowed: constant, cosine")
         require(0.0 <= meta_lr_min <= meta_lr, f"model.meta_lr_min: {meta_lr_min} must lie in [0, meta_lr]")
+        require(meta_lr_horizon is None or meta_lr_horizon >= 1,
+                f"model.meta_lr_horizon: {meta_lr_horizon} must be >= 1 (or unset: trainer.max_steps)")
         require(0.0 <= ema_decay < 1.0, f"model.ema_decay: {ema_decay} must lie in [0, 1) (0 turns it off)")
         require(0.0 <= gamma <= 1.0, f"model.gamma: {gamma} must lie in [0, 1]")
         require(grad_clip >= 0, f"model.grad_clip: {grad_clip} must be >= 0 (0 turns clipping off)")
@@ -165,18 +169,21 @@ class MAMLDQN(pl.LightningModule):
         """The initialisation that is evaluated and handed on: the EMA of theta when ema_decay > 0, else theta."""
         return self.net if self.ema is None else self.ema.module
 
-    def configure_optimizers(self):
-        hp = self.hparams
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.net.parameters()) + ([self.log_inner_lr] if self.log_inner_lr is not None else [])
         if self.algorithm == "reptile":  # theta <- theta + meta_lr * (mean adapted - theta), exactly
-            opt = torch.optim.SGD(params, lr=hp.meta_lr)
-        else:
-            opt = torch.optim.Adam(params, lr=hp.meta_lr)
+            return torch.optim.SGD(params, lr=self.hparams.meta_lr)
+        return torch.optim.Adam(params, lr=self.hparams.meta_lr)
+
+    def meta_lr_at(self, step: int) -> float:
+        """The outer learning rate of meta-step `step` (0-based): constant, or cosine to meta_lr_min."""
+        hp = self.hparams
         if hp.meta_lr_schedule == "constant":
-            return opt
-        require(self.trainer.max_steps > 0, "model.meta_lr_schedule cosine needs trainer.max_steps > 0")
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_steps, eta_min=hp.meta_lr_min)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+            return hp.meta_lr
+        horizon = hp.meta_lr_horizon or self.trainer.max_steps
+        require(horizon > 0, "model.meta_lr_schedule cosine needs trainer.max_steps or model.meta_lr_horizon")
+        frac = min(step / horizon, 1.0)
+        return hp.meta_lr_min + 0.5 * (hp.meta_lr - hp.meta_lr_min) * (1.0 + math.cos(math.pi * frac))
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:
@@ -259,10 +266,9 @@ class MAMLDQN(pl.LightningModule):
         self.manual_backward(meta_loss)
         if self.hparams.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        for group in opt.param_groups:
+            group["lr"] = self.meta_lr_at(self.global_step)
         opt.step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.net)
         self._stop_if_diverged(torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all(),

@@ -39,13 +39,16 @@ def test_ema_moves_by_the_configured_rate_and_is_what_gets_evaluated():
     assert MAMLDQN(hidden=[16]).init_net is not None and MAMLDQN(hidden=[16]).ema is None  # off by default
 
 
-def test_cosine_meta_learning_rate_reaches_its_floor_at_the_last_step():
-    model = MAMLDQN(hidden=[16], meta_lr=1e-3, meta_lr_schedule="cosine", meta_lr_min=1e-4, ema_decay=0.5)
+@pytest.mark.parametrize("horizon", [None, 16])
+def test_cosine_meta_learning_rate_falls_to_its_floor_over_the_horizon(horizon):
+    model = MAMLDQN(hidden=[16], meta_lr=1e-3, meta_lr_schedule="cosine", meta_lr_min=1e-4, ema_decay=0.5,
+                    meta_lr_horizon=horizon)
     snaps = EmaSnapshots()
     fit(model, 8, TargetNetworkSync(), snaps)
-    expected = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * t / 8)) for t in range(1, 9)]
-    assert all(abs(a - b) < 1e-12 for a, b in zip(snaps.lr, expected, strict=True))
-    assert abs(snaps.lr[-1] - 1e-4) < 1e-12  # at max_steps the rate is at its floor
+    steps = horizon or 8  # default: trainer.max_steps
+    expected = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * t / steps)) for t in range(8)]
+    assert all(abs(a - b) < 1e-12 for a, b in zip(snaps.lr, expected, strict=True))  # step t ran at lr(t)
+    assert abs(model.meta_lr_at(steps) - 1e-4) < 1e-12 and snaps.lr[0] == 1e-3
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])  # vmapped networks; ANIL's shared body + per-task heads
