@@ -191,3 +191,14 @@ def test_a_users_own_env_class_adapts_by_entry_point(ckpt, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "adapt.json").read_text())
     assert [r["k"] for r in report["returns"]] == [0, 1] and all(r["return"] <= 100 for r in report["returns"])
+
+
+def test_the_readme_api_example_runs_as_written(ckpt, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "MetaInit.load(" in block and "agent.export(" in block
+    code = block.replace("lightning_logs/cartpole/checkpoints/best.ckpt", str(ckpt))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "adapted.pt").is_file() and (tmp_path / "policy.pt2").is_file()
+    assert "'k': 5" in out.stdout
