@@ -31,6 +31,7 @@ from mamldqn_pl.evaluation import Protocol, evaluate_init
 from mamldqn_pl.report import summarize, write_csv
 
 K = 3  # the trained K of configs/cartpole.yaml, fixed before any result was seen
+K_ALSO = 5  # shown beside it: chosen afterwards on validation tasks (adaptation alternates between odd and even K)
 KS = (0, 1, 3, 5)
 CONFIG = ROOT / "configs/cartpole.yaml"
 OFF = {"model.ema_decay": "0", "model.meta_lr_schedule": "constant", "data.collect_adapted": "0"}
@@ -52,13 +53,13 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
                 if r.get(f"meta_val/return_k{K}")]
 
 
-def evaluate(ckpt: Path) -> tuple[int, list[dict]]:
-    """The meta-test protocol's rows for one checkpoint at the trained budget."""
+def evaluate(ckpt: Path, tasks: str = "test", ks=KS) -> tuple[int, list[dict]]:
+    """The meta-test protocol's rows for one checkpoint at the trained budget, on its test (or val) tasks."""
     model, dm = load(str(ckpt))
-    protocol = Protocol(dm.hparams.adapt_budget, dm.hparams.epsilon_adapt, KS, 5, (0, 1, 2))
+    protocol = Protocol(dm.hparams.adapt_budget, dm.hparams.epsilon_adapt, tuple(ks), 5, (0, 1, 2))
     net = model.init_net
-    rows = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.test_tasks, model.adapt, model.inner,
-                         model.hparams.gamma, protocol, label="meta-init")
+    rows = evaluate_init(net, dict(net.named_parameters()), dm.family, getattr(dm, f"{tasks}_tasks"), model.adapt,
+                         model.inner, model.hparams.gamma, protocol, label="meta-init")
     return int(torch.load(ckpt, weights_only=True)["global_step"]), rows
 
 
@@ -72,8 +73,13 @@ def job(variant: str, seed: int, settings: dict[str, str], runs: Path, extra: li
     if not cache.is_file():
         result = {name: evaluate(run / "checkpoints" / f"{name}.ckpt") for name in ("best", "last")}
         cache.write_text(json.dumps({name: {"step": step, "rows": rows} for name, (step, rows) in result.items()}))
+    profile = run / "val_profile.json"  # the last checkpoint on the validation tasks at every K up to 8
+    if not profile.is_file():
+        rows = evaluate(run / "checkpoints" / "last.ckpt", "val", range(9))[1]
+        profile.write_text(json.dumps({k: float(np.mean([r["return"] for r in rows if r["k"] == k]))
+                                       for k in range(9)}))
     return {"variant": variant, "seed": seed, "fit_s": fit_s, "eval": json.loads(cache.read_text()),
-            "curve": validation_curve(run)}
+            "curve": validation_curve(run), "val_profile": json.loads(profile.read_text())}
 
 
 def table_rows(results: list[dict]) -> list[dict]:
@@ -108,28 +114,30 @@ def fmt(x, digits: int = 0) -> str:
 
 
 def markdown(rows: list[dict], by_seed: bool) -> str:
-    """At K: mean [CI], IQM and flipped half for best and last, per seed (seeds.md) or pooled per variant."""
-    lines = [f"| {'seed' if by_seed else 'variant'} | best: mean [95% CI] | IQM | flipped | last: mean [95% CI] "
-             "| IQM | flipped | val std, last third | val mean, last third | fit s |", "|---" * 10 + "|"]
-    keep = [r for r in rows if r["k"] == K and (by_seed or r["seed"] == "pooled")]
-    for r in keep:
-        if r["checkpoint"] != "best":
-            continue
-        last = next(x for x in keep if x["checkpoint"] == "last" and x["seed"] == r["seed"]
-                    and x["variant"] == r["variant"])
-        if by_seed:
-            label = r["seed"]
-            spread = fmt(r["val_std_last_third"]), fmt(r["val_mean_last_third"])
-        else:
-            seeds = [x for x in rows if x["variant"] == r["variant"] and x["seed"] != "pooled" and x["k"] == K
-                     and x["checkpoint"] == "best"]
-            label = f"{r['variant']} ({len(seeds)} seeds)"
-            spread = (fmt(float(np.mean([x["val_std_last_third"] for x in seeds]))) + " (mean)",
-                      fmt(float(np.mean([x["val_mean_last_third"] for x in seeds]))))
-        lines.append(f"| {label} | {fmt(r['mean'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt(r['iqm'])} | "
-                     f"{fmt(r['flip_mean'])} | {fmt(last['mean'])} [{fmt(last['ci_low'])}, {fmt(last['ci_high'])}] | "
-                     f"{fmt(last['iqm'])} | {fmt(last['flip_mean'])} | {spread[0]} | {spread[1]} | "
-                     f"{fmt(r['fit_s'])} |")
+    """Mean [CI], IQM and flipped half for best and last, per seed (seeds.md) or pooled per variant, at the
+    fixed K and at K_ALSO. The validation columns are at K (validation evaluates the trained K)."""
+    lines = [f"| {'seed' if by_seed else 'variant'} | K | best: mean [95% CI] | IQM | flipped | last: mean [95% CI] "
+             "| IQM | flipped | val std, last third | val mean, last third | fit s |", "|---" * 11 + "|"]
+    for k in (K, K_ALSO):
+        keep = [r for r in rows if r["k"] == k and (by_seed or r["seed"] == "pooled")]
+        for r in keep:
+            if r["checkpoint"] != "best":
+                continue
+            last = next(x for x in keep if x["checkpoint"] == "last" and x["seed"] == r["seed"]
+                        and x["variant"] == r["variant"])
+            if by_seed:
+                label = r["seed"]
+                spread = fmt(r["val_std_last_third"]), fmt(r["val_mean_last_third"])
+            else:
+                seeds = [x for x in rows if x["variant"] == r["variant"] and x["seed"] != "pooled" and x["k"] == k
+                         and x["checkpoint"] == "best"]
+                label = f"{r['variant']} ({len(seeds)} seeds)"
+                spread = (fmt(float(np.mean([x["val_std_last_third"] for x in seeds]))) + " (mean)",
+                          fmt(float(np.mean([x["val_mean_last_third"] for x in seeds]))))
+            lines.append(f"| {label} | {k} | {fmt(r['mean'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | "
+                         f"{fmt(r['iqm'])} | {fmt(r['flip_mean'])} | {fmt(last['mean'])} [{fmt(last['ci_low'])}, "
+                         f"{fmt(last['ci_high'])}] | {fmt(last['iqm'])} | {fmt(last['flip_mean'])} | {spread[0]} | "
+                         f"{spread[1]} | {fmt(r['fit_s'])} |")
     return "\n".join(lines)
 
 
@@ -139,7 +147,7 @@ def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(17, 4.4))
     variants = list(dict.fromkeys(r["variant"] for r in results))
     colours = dict(zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for r in results:
@@ -168,6 +176,16 @@ def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
     right.set_title("held-out tasks x 3 evaluation seeds; bars: pooled 95% CI")
     right.grid(alpha=0.3)
     right.legend(fontsize=7)
+    for r in results:
+        ks = sorted(int(k) for k in r["val_profile"])
+        label = f"seed {r['seed']}" if len(variants) == 1 else (r["variant"] if r["seed"] == 0 else None)
+        third.plot(ks, [r["val_profile"][str(k)] for k in ks], "o-", ms=3, alpha=0.8, label=label,
+                   color=None if len(variants) == 1 else colours[r["variant"]])
+    third.set_xlabel("inner steps K (trained with K = 3)")
+    third.set_ylabel("validation return, last checkpoint")
+    third.set_title("return against K on the validation tasks")
+    third.grid(alpha=0.3)
+    third.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -177,6 +195,9 @@ def write(results: list[dict], out: Path, name: str, by_seed: bool, readme: bool
     rows = table_rows(results)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{name}.csv", COLUMNS, rows)
+    write_csv(out / f"{name}_val_k.csv", ["variant", "seed", "k", "val_mean"],
+              [{"variant": r["variant"], "seed": r["seed"], "k": int(k), "val_mean": v}
+               for r in results for k, v in r["val_profile"].items()])
     table = markdown(rows, by_seed)
     (out / f"{name}.md").write_text(table + "\n")
     plot(results, rows, out / f"{name}.png", "validation return per training seed" if by_seed else

@@ -22,4 +22,6 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     assert all(r["ckpt_step"] == "20" for r in per_seed if r["checkpoint"] == "last")
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows)
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
+    profile = list(csv.DictReader(open(tmp_path / "out" / "ablation_val_k.csv")))
+    assert len(profile) == 2 * 2 * 9 and {r["k"] for r in profile} == {str(k) for k in range(9)}
     assert "| default (2 seeds) |" in (tmp_path / "out" / "ablation.md").read_text()
