@@ -42,6 +42,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "no_cosine": {"model.meta_lr_schedule": OFF["model.meta_lr_schedule"]},
     "no_adapted_collection": {"data.collect_adapted": OFF["data.collect_adapted"]},
     "all_off": OFF,
+    # candidates tried on top of the default (kept only if they help on validation)
+    "warm_start_support": {"data.support_from": "warm_start", "data.support_size": "200",
+                           "data.learning_starts": "328"},
+    "multi_step": {"model.multi_step_loss": "true"},
+    "metasgd_head": {"model.algorithm": "metasgd", "model.adapt": "head"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s")
