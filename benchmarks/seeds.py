@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/seeds.py              # configs/cartpole.yaml, training seeds 0-4
     .venv/bin/python benchmarks/seeds.py --ablation   # each stabilising mechanism off in turn, and all off; 3 seeds
+    .venv/bin/python benchmarks/seeds.py --ablation --variants warm_start_support metasgd_head meta_lr_3e-4 \
+        --seeds 0 1 --name candidates                  # candidates rejected on the validation tasks, 2 seeds
 
 For every run: `mamldqn fit`, then the meta-test protocol (20 held-out tasks x 3 evaluation seeds, 200 new-task env
 steps, K in 0, 1, 3, 5) on its best-validation and its last checkpoint, and the spread of the validation return at
-K over the final third of training. K is fixed in advance to the trained K (3); nothing is chosen on test tasks.
-Writes docs/results/seeds.{csv,md,png} (or ablation.{csv,md,png}); the README's tables between the
+K over the final third of training, and the last checkpoint's validation return at every K up to 8. K is fixed
+in advance to the trained K (3); K = 5 is shown beside it, chosen afterwards on the validation tasks; nothing is
+chosen on test tasks. Writes docs/results/NAME.{csv,md,png} and NAME_val_k.csv; the README's tables between the
 `<!-- NAME.md -->` markers are replaced by NAME.md. Runs go to lightning_logs/seeds/<variant>_s<seed>; finished
 runs and evaluations are reused, so an interrupted benchmark continues where it stopped.
 """
@@ -47,15 +50,23 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
                            "data.learning_starts": "328"},
     "multi_step": {"model.multi_step_loss": "true"},
     "metasgd_head": {"model.algorithm": "metasgd", "model.adapt": "head"},
+    "meta_lr_3e-4": {"model.meta_lr": "0.0003"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
-           "val_std_last_third", "val_mean_last_third", "fit_s")
+           "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
     with open(run / "metrics.csv") as f:
         return [(int(r["step"]), float(r[f"meta_val/return_k{K}"])) for r in csv.DictReader(f)
                 if r.get(f"meta_val/return_k{K}")]
+
+
+def step_rate(run: Path) -> float:
+    """Median logged meta-steps/s of the run (robust to a resume, unlike its wall time)."""
+    with open(run / "metrics.csv") as f:
+        return float(np.median([float(r["perf/meta_steps_per_s"]) for r in csv.DictReader(f)
+                                if r.get("perf/meta_steps_per_s")]))
 
 
 def evaluate(ckpt: Path, tasks: str = "test", ks=KS) -> tuple[int, list[dict]]:
@@ -84,7 +95,7 @@ def job(variant: str, seed: int, settings: dict[str, str], runs: Path, extra: li
         profile.write_text(json.dumps({k: float(np.mean([r["return"] for r in rows if r["k"] == k]))
                                        for k in range(9)}))
     return {"variant": variant, "seed": seed, "fit_s": fit_s, "eval": json.loads(cache.read_text()),
-            "curve": validation_curve(run), "val_profile": json.loads(profile.read_text())}
+            "curve": validation_curve(run), "val_profile": json.loads(profile.read_text()), "rate": step_rate(run)}
 
 
 def table_rows(results: list[dict]) -> list[dict]:
@@ -100,10 +111,12 @@ def table_rows(results: list[dict]) -> list[dict]:
                     curve = r["curve"]
                     final = [v for s, v in curve if s > 2 * curve[-1][0] / 3]
                     extra = {"ckpt_step": r["eval"][ckpt]["step"], "val_std_last_third": float(np.std(final, ddof=1)),
-                             "val_mean_last_third": float(np.mean(final)), "fit_s": r["fit_s"]}
+                             "val_mean_last_third": float(np.mean(final)), "fit_s": r["fit_s"],
+                             "meta_steps_per_s": r["rate"]}
                 else:
                     extra = {"ckpt_step": "", "val_std_last_third": "", "val_mean_last_third": "",
-                             "fit_s": float(np.mean([e[2]["fit_s"] for e in entries]))}
+                             "fit_s": float(np.mean([e[2]["fit_s"] for e in entries])),
+                             "meta_steps_per_s": float(np.median([e[2]["rate"] for e in entries]))}
                 summary = {(s["group"], s["k"]): s for s in summarize(rows)}
                 for k in KS:
                     s = summary[("all", k)]
@@ -122,7 +135,7 @@ def markdown(rows: list[dict], by_seed: bool) -> str:
     """Mean [CI], IQM and flipped half for best and last, per seed (seeds.md) or pooled per variant, at the
     fixed K and at K_ALSO. The validation columns are at K (validation evaluates the trained K)."""
     lines = [f"| {'seed' if by_seed else 'variant'} | K | best: mean [95% CI] | IQM | flipped | last: mean [95% CI] "
-             "| IQM | flipped | val std, last third | val mean, last third | fit s |", "|---" * 11 + "|"]
+             "| IQM | flipped | val std, last third | val mean, last third | meta-steps/s |", "|---" * 11 + "|"]
     for k in (K, K_ALSO):
         keep = [r for r in rows if r["k"] == k and (by_seed or r["seed"] == "pooled")]
         for r in keep:
@@ -142,7 +155,7 @@ def markdown(rows: list[dict], by_seed: bool) -> str:
             lines.append(f"| {label} | {k} | {fmt(r['mean'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | "
                          f"{fmt(r['iqm'])} | {fmt(r['flip_mean'])} | {fmt(last['mean'])} [{fmt(last['ci_low'])}, "
                          f"{fmt(last['ci_high'])}] | {fmt(last['iqm'])} | {fmt(last['flip_mean'])} | {spread[0]} | "
-                         f"{spread[1]} | {fmt(r['fit_s'])} |")
+                         f"{spread[1]} | {fmt(r['meta_steps_per_s'])} |")
     return "\n".join(lines)
 
 
@@ -225,15 +238,17 @@ def main() -> None:
                         help="the README's tables are rewritten only for this default")
     parser.add_argument("--runs", default=str(ROOT / "lightning_logs" / "seeds"))
     parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for every run (smoke tests)")
+    parser.add_argument("--name", default=None, help="output name (default: seeds, or ablation with --ablation)")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0, 1, 2, 3, 4])
-    variants = {v: ABLATION[v] for v in (args.variants or ABLATION)} if args.ablation else {"default": {}}
+    kept = ("default", "no_ema", "no_cosine", "no_adapted_collection", "all_off", "multi_step")
+    variants = {v: ABLATION[v] for v in (args.variants or kept)} if args.ablation else {"default": {}}
     runs, extra = Path(args.runs), shlex.split(args.extra_args)
     start = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(job, v, s, settings, runs, extra) for v, settings in variants.items() for s in seeds]
         results = [f.result() for f in futures]
-    name = "ablation" if args.ablation else "seeds"
+    name = args.name or ("ablation" if args.ablation else "seeds")
     readme = Path(args.out).resolve() == (ROOT / "docs/results").resolve()
     print(write(results, Path(args.out), name, by_seed=not args.ablation, readme=readme))
     print(f"\nwrote {name}.csv/.md/.png to {args.out}; wall time {time.time() - start:.0f} s")
