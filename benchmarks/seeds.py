@@ -1,9 +1,9 @@
 """Issue 10 from nothing: does meta-training give the same result whatever the training seed and the checkpoint?
 
     .venv/bin/python benchmarks/seeds.py              # configs/cartpole.yaml, training seeds 0-4
-    .venv/bin/python benchmarks/seeds.py --ablation   # each stabilising mechanism off in turn, and all off; 3 seeds
-    .venv/bin/python benchmarks/seeds.py --ablation --variants warm_start_support metasgd_head meta_lr_3e-4 \
-        --seeds 0 1 --name candidates                  # candidates rejected on the validation tasks, 2 seeds
+    .venv/bin/python benchmarks/seeds.py --ablation   # each mechanism on and off (ABLATION), 3 seeds each
+    .venv/bin/python benchmarks/seeds.py --ablation --seeds 0 1 --name candidates --variants \
+        plus_ema_cosine_warm_start_support plus_ema_cosine_metasgd_head plus_ema_cosine_meta_lr_3e-4
 
 For every run: `mamldqn fit`, then the meta-test protocol (20 held-out tasks x 3 evaluation seeds, 200 new-task env
 steps, K in 0, 1, 3, 5) on its best-validation and its last checkpoint, and the spread of the validation return at
@@ -37,20 +37,20 @@ K = 3  # the trained K of configs/cartpole.yaml, fixed before any result was see
 K_ALSO = 5  # shown beside it: chosen afterwards on validation tasks (adaptation alternates between odd and even K)
 KS = (0, 1, 3, 5)
 CONFIG = ROOT / "configs/cartpole.yaml"
-OFF = {"model.ema_decay": "0", "model.meta_lr_schedule": "constant", "data.collect_adapted": "0"}
-ON = {"model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine", "data.collect_adapted": "0.5"}
-ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
+EMA_COSINE = {"model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine"}
+ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (which collects with adapted policies)
     "default": {},
-    "no_ema": {"model.ema_decay": OFF["model.ema_decay"]},
-    "no_cosine": {"model.meta_lr_schedule": OFF["model.meta_lr_schedule"]},
-    "no_adapted_collection": {"data.collect_adapted": OFF["data.collect_adapted"]},
-    "all_off": OFF,
-    # candidates tried on top of the default (kept only if they help on validation)
-    "warm_start_support": {"data.support_from": "warm_start", "data.support_size": "200",
-                           "data.learning_starts": "328"},
-    "multi_step": {"model.multi_step_loss": "true"},
-    "metasgd_head": {"model.algorithm": "metasgd", "model.adapt": "head"},
-    "meta_lr_3e-4": {"model.meta_lr": "0.0003"},
+    "no_adapted_collection": {"data.collect_adapted": "0"},  # the settings before issue 10
+    "plus_ema": {"model.ema_decay": "0.998"},
+    "plus_cosine": {"model.meta_lr_schedule": "cosine"},
+    "plus_ema_cosine": EMA_COSINE,
+    "ema_cosine_no_adapted": {**EMA_COSINE, "data.collect_adapted": "0"},
+    "plus_ema_cosine_multi_step": {**EMA_COSINE, "model.multi_step_loss": "true"},
+    # candidates tried on top of plus_ema_cosine, rejected on the validation tasks after 2 seeds
+    "plus_ema_cosine_warm_start_support": {**EMA_COSINE, "data.support_from": "warm_start",
+                                           "data.support_size": "200", "data.learning_starts": "328"},
+    "plus_ema_cosine_metasgd_head": {**EMA_COSINE, "model.algorithm": "metasgd", "model.adapt": "head"},
+    "plus_ema_cosine_meta_lr_3e-4": {**EMA_COSINE, "model.meta_lr": "0.0003"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
@@ -241,7 +241,8 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="output name (default: seeds, or ablation with --ablation)")
     args = parser.parse_args()
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0, 1, 2, 3, 4])
-    kept = ("default", "no_ema", "no_cosine", "no_adapted_collection", "all_off", "multi_step")
+    kept = ("default", "no_adapted_collection", "plus_ema", "plus_cosine", "plus_ema_cosine", "ema_cosine_no_adapted",
+            "plus_ema_cosine_multi_step")
     variants = {v: ABLATION[v] for v in (args.variants or kept)} if args.ablation else {"default": {}}
     runs, extra = Path(args.runs), shlex.split(args.extra_args)
     start = time.time()

@@ -17,9 +17,10 @@ TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progr
         "--trainer.log_every_n_steps", "5"]
 
 # Epochs of 7 meta-steps and checkpoints every 5: step 10 falls in the middle of the second epoch.
-# A run stopped at 10 and resumed to 20 must follow the 20-step run's cosine rate: give both the same horizon.
+# Exact resume with every mechanism on (the default config collects with adapted policies); a run stopped at 10
+# and resumed to 20 must follow the 20-step run's cosine rate: give both the same horizon.
 RESUME_ARGS = [*TINY, "--meta_val.every_n_steps", "5", "--trainer.limit_train_batches", "7",
-               "--model.meta_lr_horizon", "20"]
+               "--model.ema_decay", "0.9", "--model.meta_lr_schedule", "cosine", "--model.meta_lr_horizon", "20"]
 
 
 def mamldqn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

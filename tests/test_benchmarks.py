@@ -9,14 +9,16 @@ from conftest import ROOT, TINY
 
 def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"  # TINY without its --config
-    out = subprocess.run([sys.executable, "benchmarks/seeds.py", "--ablation", "--variants", "default", "all_off",
-                          "--seeds", "0", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-                          "--extra-args", extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "benchmarks/seeds.py", "--ablation", "--variants", "default",
+                          "no_adapted_collection", "--seeds", "0", "1", "--runs", str(tmp_path / "runs"),
+                          "--out", str(tmp_path / "out"), "--extra-args", extra],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
     # 2 variants x (2 seeds + pooled) x (best, last) x K in 0, 1, 3, 5
     assert len(rows) == 2 * 3 * 2 * 4
-    assert {r["variant"] for r in rows} == {"default", "all_off"} and {r["seed"] for r in rows} == {"0", "1", "pooled"}
+    assert {r["variant"] for r in rows} == {"default", "no_adapted_collection"}
+    assert {r["seed"] for r in rows} == {"0", "1", "pooled"}
     per_seed = [r for r in rows if r["seed"] != "pooled"]
     assert all(r["ckpt_step"] in ("10", "20") for r in per_seed if r["checkpoint"] == "best")
     assert all(r["ckpt_step"] == "20" for r in per_seed if r["checkpoint"] == "last")
