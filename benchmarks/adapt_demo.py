@@ -4,13 +4,15 @@ default constants, which no config samples exactly) with the actions reversed, a
     .venv/bin/python benchmarks/adapt_demo.py [--ckpt lightning_logs/cartpole/checkpoints/best.ckpt]
 
 Writes docs/results/adapt_demo.{csv,png}: the greedy return at every K (mean over 5 episodes, for each of 3
-adaptation seeds) and one greedy episode's pole angle and cart position before (K = 0) and after adaptation.
+adaptation seeds) and one greedy episode's pole angle before (K = 0) and after adaptation; the README table between
+the `<!-- adapt_demo.md -->` markers.
 Uses only the public API (MetaInit.load, init.adapt, agent.act).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -85,8 +87,14 @@ def main() -> None:
     right.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "adapt_demo.png", dpi=110)
-    print("| K | " + " | ".join(str(k) for k in ks) + " |\n" + "|---" * (len(ks) + 1) + "|")
-    print("| mean greedy return (3 adaptation seeds x 5 episodes) | " + " | ".join(f"{m:.0f}" for m in means) + " |")
+    table = ("| K | " + " | ".join(str(k) for k in ks) + " |\n" + "|---" * (len(ks) + 1) + "|\n"
+             "| greedy return, mean of 3 adaptation seeds x 5 episodes | "
+             + " | ".join(f"{m:.0f}" for m in means) + " |")
+    print(table)
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme = ROOT / "README.md"
+        marker = re.compile(r"(<!-- adapt_demo\.md -->\n)(?:.*?\n)?(<!-- /adapt_demo\.md -->)", re.S)
+        readme.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme.read_text()))
     print(f"wrote adapt_demo.csv and adapt_demo.png to {out}")
 
 

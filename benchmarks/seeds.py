@@ -222,8 +222,8 @@ def write(results: list[dict], out: Path, name: str, by_seed: bool, readme: bool
          "validation return (first seed of each variant in the legend)")
     if readme:
         path = ROOT / "README.md"
-        marker = re.compile(rf"(<!-- {name}\.md -->\n).*?(\n<!-- /{name}\.md -->)", re.S)
-        path.write_text(marker.sub(lambda m: m.group(1) + table + m.group(2), path.read_text()))
+        marker = re.compile(rf"(<!-- {name}\.md -->\n)(?:.*?\n)?(<!-- /{name}\.md -->)", re.S)
+        path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), path.read_text()))
     return table
 
 
