@@ -51,6 +51,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
                                            "data.support_size": "200", "data.learning_starts": "328"},
     "plus_ema_cosine_metasgd_head": {**EMA_COSINE, "model.algorithm": "metasgd", "model.adapt": "head"},
     "plus_ema_cosine_meta_lr_3e-4": {**EMA_COSINE, "model.meta_lr": "0.0003"},
+    # against the odd/even alternation of K: a smaller inner step on top of the default
+    "inner_lr_0.02": {"model.inner_lr": "0.02"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
