@@ -12,18 +12,16 @@ Uses only the public API (MetaInit.load, init.adapt, agent.act).
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
+from runs import ROOT, readme_table
 
 from mamldqn_pl.metainit import MetaInit
 from mamldqn_pl.report import write_csv
 from mamldqn_pl.tasks.family import ReverseActions
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def episode(act, seed: int) -> np.ndarray:
@@ -92,9 +90,7 @@ def main() -> None:
              + " | ".join(f"{m:.0f}" for m in means) + " |")
     print(table)
     if out.resolve() == (ROOT / "docs/results").resolve():
-        readme = ROOT / "README.md"
-        marker = re.compile(r"(<!-- adapt_demo\.md -->\n)(?:.*?\n)?(<!-- /adapt_demo\.md -->)", re.S)
-        readme.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme.read_text()))
+        readme_table("adapt_demo", table)
     print(f"wrote adapt_demo.csv and adapt_demo.png to {out}")
 
 

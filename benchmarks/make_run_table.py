@@ -10,10 +10,8 @@ initialisation (all tasks, flipped, unflipped) and for scratch.
 from __future__ import annotations
 
 import csv
-import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from runs import ROOT, readme_table
 
 
 def main() -> None:
@@ -29,9 +27,7 @@ def main() -> None:
     lines += [f"| {k} | {cell[('meta-init', 'all', k)]} | {cell[('meta-init', 'flip', k)]} | "
               f"{cell[('meta-init', 'noflip', k)]} | {cell[('scratch', 'all', k)]} |" for k in ks]
     table = "\n".join(lines)
-    readme = ROOT / "README.md"
-    marker = re.compile(r"(<!-- make_run\.md -->\n)(?:.*?\n)?(<!-- /make_run\.md -->)", re.S)
-    readme.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), readme.read_text()))
+    readme_table("make_run", table)
     print(f"budget {budget} env steps\n{table}")
 
 

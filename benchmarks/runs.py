@@ -1,7 +1,9 @@
-"""Shared by the benchmarks: train one run of a config in a subprocess, reusing a run that already finished."""
+"""Shared by the benchmarks: train one run of a config in a subprocess (reusing a run that already finished), and
+put a generated table into the README."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -30,3 +32,10 @@ def train(config: Path, seed: int, run: Path, steps: int | None = None, override
     done.write_text(f"{seconds:.1f}")
     print(f"trained {run.name} in {seconds:.0f} s", flush=True)
     return seconds
+
+
+def readme_table(name: str, table: str) -> None:
+    """Replace what stands between the README's `<!-- NAME.md -->` and `<!-- /NAME.md -->` markers by `table`."""
+    path = ROOT / "README.md"
+    marker = re.compile(rf"(<!-- {re.escape(name)}\.md -->\n)(?:.*?\n)?(<!-- /{re.escape(name)}\.md -->)", re.S)
+    path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), path.read_text()))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runs import ROOT, train
+from runs import ROOT, readme_table, train
 
 from mamldqn_pl.compare import load
 from mamldqn_pl.evaluation import Protocol, evaluate_init
@@ -223,9 +222,7 @@ def write(results: list[dict], out: Path, name: str, by_seed: bool, readme: bool
     plot(results, rows, out / f"{name}.png", "validation return per training seed" if by_seed else
          "validation return (first seed of each variant in the legend)")
     if readme:
-        path = ROOT / "README.md"
-        marker = re.compile(rf"(<!-- {name}\.md -->\n)(?:.*?\n)?(<!-- /{name}\.md -->)", re.S)
-        path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), path.read_text()))
+        readme_table(name, table)
     return table
 
 
