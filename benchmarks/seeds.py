@@ -52,15 +52,19 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     "plus_ema_cosine_meta_lr_3e-4": {**EMA_COSINE, "model.meta_lr": "0.0003"},
     # against the odd/even alternation of K: a smaller inner step on top of the default
     "inner_lr_0.02": {"model.inner_lr": "0.02"},
+    "inner_steps_5": {"model.inner_steps": "5"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
+    """The validation return at the run's trained K (the checkpoint metric) against the step."""
     with open(run / "metrics.csv") as f:
-        return [(int(r["step"]), float(r[f"meta_val/return_k{K}"])) for r in csv.DictReader(f)
-                if r.get(f"meta_val/return_k{K}")]
+        rows = list(csv.DictReader(f))
+    trained = [key for key in rows[0] if key.startswith("meta_val/return_k") and key != "meta_val/return_k0"]
+    key = f"meta_val/return_k{K}" if f"meta_val/return_k{K}" in trained else trained[0]
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
 
 
 def step_rate(run: Path) -> float:
