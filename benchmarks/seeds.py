@@ -110,7 +110,7 @@ def table_rows(results: list[dict]) -> list[dict]:
         mine = [r for r in results if r["variant"] == variant]
         for ckpt in ("best", "last"):
             entries = [(str(r["seed"]), r["eval"][ckpt]["rows"], r) for r in mine]
-            pooled = [{**row, "task": row["task"]} for _, rows, _ in entries for row in rows]
+            pooled = [row for _, rows, _ in entries for row in rows]
             for seed, rows, r in [*entries, ("pooled", pooled, None)]:
                 if r is not None:
                     curve = r["curve"]

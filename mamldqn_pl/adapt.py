@@ -49,12 +49,17 @@ def _floats(values: dict, flag: str) -> dict[str, float]:
     return {name: float(value) for name, value in values.items()}
 
 
+def _check_params(values: dict[str, float], family, flag: str) -> None:
+    """Names the family knows, values above its floors (unknown names and bad values: one line)."""
+    check_ranges({k: [v, v] for k, v in values.items()}, family.floors, flag)
+
+
 def task_maker(init: MetaInit, params: dict, flip: bool) -> EnvMaker:
     """--task: gymnasium's own env of the checkpoint's family with these constants (unknown names refused)."""
     family = init.family()
     require(family.name != "mixed", "--task: a mixed-family checkpoint has no single env; use --env_id")
     values = _floats(params, "--task")
-    check_ranges({k: [v, v] for k, v in values.items()}, family.floors, "--task")
+    _check_params(values, family, "--task")
     task = Task(params=values, flip=-1 if flip else 1)
     outside = [f"{k}={v:g} (trained on {family.ranges[k][0]:g}-{family.ranges[k][1]:g})"
                for k, v in values.items() if k in family.ranges and not
@@ -96,7 +101,7 @@ def env_maker(env_id: str, kwargs: dict, attrs: dict, flip: bool) -> EnvMaker:
     values = _floats(attrs, "--env_attrs")
     family = next((f(None, None) for f in FAMILIES.values() if f.env_id == env_id), None)
     if family is not None:
-        check_ranges({k: [v, v] for k, v in values.items()}, family.floors, "--env_attrs")
+        _check_params(values, family, "--env_attrs")
 
     def make(render_mode: str | None = None) -> gym.Env:
         try:

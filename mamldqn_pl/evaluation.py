@@ -118,9 +118,10 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
     if support is None and any(k > 0 for k in ks):
         raise ValueError("no support data (budget 0) to take inner steps on")
     fast = {k: v.detach().expand(n, *v.shape).clone() for k, v in split.fast.items()}
-    step = torch.func.vmap(lambda f, b, k: inner.step(split.q_fn, f, b, k), in_dims=(0, 0, None))
     if set(fast) == LINEAR_HEAD:  # head-only: the written-out step, equal and much cheaper
         step = inner.linear_head_step
+    else:
+        step = torch.func.vmap(lambda f, b, k: inner.step(split.q_fn, f, b, k), in_dims=(0, 0, None))
     done = 0
     for k in sorted(set(ks)):
         while done < k:

@@ -9,11 +9,13 @@ from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation, td_loss, 
 T, N, LR, K = 5, 24, 0.05, 3
 
 
-def make_batches(seed: int = 0):
+def make_batches(seed: int = 0, n_actions: int = 2, obs_scale: float = 1.0, target_scale: float = 1.0,
+                 target_offset: float = 1.0):
     g = torch.Generator().manual_seed(seed)
     def one():
-        return {"obs": torch.randn(T, N, 4, generator=g), "actions": torch.randint(2, (T, N), generator=g),
-                "target": torch.randn(T, N, generator=g) + 1.0}
+        return {"obs": torch.randn(T, N, 4, generator=g) * obs_scale,
+                "actions": torch.randint(n_actions, (T, N), generator=g),
+                "target": torch.randn(T, N, generator=g) * target_scale + target_offset}
     return one(), one()
 
 
@@ -154,10 +156,8 @@ def test_written_out_linear_head_steps_equal_the_torch_func_inner_loop(loss, nor
     net = QNetwork(4, 3, (32, 32), (2.4, 3.0, 0.21, 3.0))
     params = {k: v.detach() for k, v in net.named_parameters()}
     split = split_for_adaptation(net, params, "head")
-    g = torch.Generator().manual_seed(1)
-    support = inner_batch(split, {"obs": torch.randn(T, N, 4, generator=g) * 2,
-                                  "actions": torch.randint(3, (T, N), generator=g),
-                                  "target": torch.randn(T, N, generator=g) * 3 + 5})
+    support = inner_batch(split, make_batches(1, n_actions=3, obs_scale=2.0, target_scale=3.0, target_offset=5.0)[0])
+    g = torch.Generator().manual_seed(2)
     log_lrs = torch.log(torch.rand(K, 2, generator=g) * 0.1 + 0.01) if learned_rates else None
     inner = InnerLoop(0.3, K, loss=loss, normalize=normalize, log_lrs=log_lrs)
     fast = inner.adapted_no_grad(split.q_fn, split.fast, support)
