@@ -12,6 +12,7 @@ repeats), printed as a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import resource
 import statistics
@@ -31,7 +32,7 @@ import torch
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
-from mamldqn_pl.meta import td_loss
+from mamldqn_pl.meta import split_for_adaptation, td_loss
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import make_family
 
@@ -136,6 +137,83 @@ def bench_envs(repeats: int, n_envs: int, steps: int) -> None:
         sync.close()
 
 
+def paired_medians(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each function, timed in turn within every repeat (so load drifts hit all alike)."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def torch_func_objective(model: MAMLDQN, batch: dict) -> torch.Tensor:
+    """The meta-objective as it was before issue 13 (the reference): separate body and theta^- passes over
+    support and query (with autograd on both), and the vmapped torch.func inner loop."""
+    split = split_for_adaptation(model.net, dict(model.net.named_parameters()), model.adapt)
+    support = model._inner_batch(split, batch["support"], None)
+    query = model._inner_batch(split, batch["query"], None)
+    inner = dataclasses.replace(model.inner, written_out=False)
+    return inner.meta_losses(split.q_fn, split.fast, support, query).mean()
+
+
+def bare_step(model: MAMLDQN, batch: dict, opt: torch.optim.Optimizer, written_out: bool = True) -> None:
+    """One meta-step without Lightning: meta-objective, backward, clipping, Adam (what training_step does);
+    written_out=False: the same step with the reference objective."""
+    loss = model.meta_objective(batch, with_pre=False)[0] if written_out else torch_func_objective(model, batch)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.net.parameters(), model.hparams.grad_clip)
+    opt.step()
+
+
+def floor_pass(model: MAMLDQN, batch: dict) -> None:
+    """The part of a head-only meta-step no implementation can skip: the body's forward and backward over all
+    of the step's rows, and theta^-'s forward over their next observations."""
+    obs = torch.cat([batch["support"]["obs"], batch["query"]["obs"]], 1).flatten(0, 1)
+    next_obs = torch.cat([batch["support"]["next_obs"], batch["query"]["next_obs"]], 1).flatten(0, 1)
+    model.net.zero_grad()
+    model.net.body(obs).sum().backward()
+    with torch.no_grad():
+        model.target_net(next_obs)
+
+
+def meta_grads(model: MAMLDQN, batch: dict, written_out: bool) -> list[torch.Tensor]:
+    meta_loss = model.meta_objective(batch, with_pre=False)[0] if written_out else torch_func_objective(model, batch)
+    return torch.autograd.grad(meta_loss, list(model.net.parameters()))
+
+
+def bench_fast_paths(repeats: int) -> None:
+    """Issue 13: whole bare meta-steps of the default config's shape (32 tasks, K=3, 128 + 128 rows) with the
+    module's meta-objective (fast paths) against the reference one (`torch_func_objective`), and the floor."""
+    for adapt, n_tasks in (("head", 32), ("all", 16), ("all", 32)):
+        for first_order in (False, True):
+            if adapt == "all" and first_order:
+                continue
+            torch.manual_seed(0)
+            model = MAMLDQN(algorithm="maml", adapt=adapt, first_order=first_order, inner_steps=3)
+            batch = random_batch(n_tasks)
+            ref, fast = meta_grads(model, batch, False), meta_grads(model, batch, True)
+            err = max(((a - b).norm() / b.norm()).item() for a, b in zip(fast, ref))
+            opt = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+            calls = [partial(bare_step, model, batch, opt, written_out) for written_out in (False, True)]
+            calls += [partial(floor_pass, model, batch)] if adapt == "head" else []
+            times = paired_medians(calls, repeats)
+            order = "first" if first_order else "second"
+            name = "ANIL (default config)" if adapt == "head" else "full-network MAML"
+            target = ">= 1.5x" if adapt == "head" else ">= 1.3x"
+            ROWS.append((f"(e) bare meta-step, {name}, {order} order, {n_tasks} tasks, K=3: fast path vs torch.func",
+                         f"{times[1] * 1e3:.1f} vs {times[0] * 1e3:.1f} ms (grad err {err:.1e} relative)",
+                         f"{times[0] / times[1]:.2f}x", target))
+            if adapt == "head" and not first_order:
+                ROWS.append(("(e') floor of that step: body forward + backward over its 8,192 rows and theta^-'s "
+                             "forward", f"{times[2] * 1e3:.1f} ms; full step {times[1] * 1e3:.1f} ms fast, "
+                             f"{times[0] * 1e3:.1f} ms torch.func", f"{times[2] / times[1]:.0%} of the fast step", ""))
+
+
 class _StepClock(pl.Callback):
     """Timestamps of meta-steps, to time the steady state (after the buffers' warm start)."""
 
@@ -164,11 +242,7 @@ def bench_fit_vs_bare(steps: int) -> None:
 
         def bare():
             for batch in batches:
-                loss, _, _ = model.meta_objective(batch, with_pre=False)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.net.parameters(), model.hparams.grad_clip)
-                opt.step()
+                bare_step(model, batch, opt)
 
         bare_rate = len(batches) / median_time(bare, 3)
     ROWS.append((f"(c) `mamldqn fit` default config ({steps} steps, validation and checkpoints included) "
@@ -198,6 +272,7 @@ def main() -> None:
     torch.set_num_threads(1)
     repeats = 3 if args.quick else 7
     bench_meta_step(repeats, [4, 16] if args.quick else [4, 16, 64])
+    bench_fast_paths(5 if args.quick else 21)
     bench_envs(repeats, 64 if args.quick else 256, 50 if args.quick else 200)
     bench_fit_vs_bare(500 if args.quick else 1000)
     bench_memory(500 if args.quick else 1000)

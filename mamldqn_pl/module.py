@@ -225,21 +225,34 @@ class MAMLDQN(pl.LightningModule):
                                 None if mask is None else mask.unsqueeze(1)),
         }
 
+    def _support_and_query(self, split: AdaptSplit, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Both inner batches from one pass of the body and of theta^- over support and query rows together
+        (fewer, larger products). First-order head-only adaptation passes the support rows without autograd:
+        their features get no meta-gradient there, so the body's backward covers the query rows only."""
+        mask = batch.get("action_mask")
+        if self.first_order and self.adapt == "head" and self.algorithm != "multitask":
+            with torch.no_grad():
+                support = self._inner_batch(split, batch["support"], mask)
+            return support, self._inner_batch(split, batch["query"], mask)
+        n = batch["support"]["obs"].shape[1]
+        joined = self._inner_batch(split, {k: torch.cat([v, batch["query"][k]], dim=1)
+                                           for k, v in batch["support"].items()}, mask)
+        parts = {k: v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
+        return {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
+
     def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
         a pass) and after adaptation. MAML family: L_M(theta). Multitask: the TD loss on all of the batch.
         Reptile: a surrogate whose gradient is theta - mean(adapted theta)."""
         split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt)
-        mask = batch.get("action_mask")
-        support = self._inner_batch(split, batch["support"], mask)
-        query = self._inner_batch(split, batch["query"], mask)
+        support, query = self._support_and_query(split, batch)
         if self.algorithm == "multitask":
             joined = {k: torch.cat([support[k], query[k]], dim=1) for k in support}
             per_task = self.inner.losses_before(split.q_fn, split.fast, joined)
             return per_task.mean(), per_task.detach(), per_task.detach()
         if self.algorithm == "reptile":
             return self._reptile_objective(split, support, query)
-        post = self.inner.meta_losses(split.q_fn, split.fast, support, query)
+        post = self.inner.meta_losses(split.q_fn, split.fast, support, query, split.batched_q_fn)
         pre = None
         if with_pre:
             with torch.no_grad():

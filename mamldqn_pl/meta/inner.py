@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mamldqn_pl.meta.head import linear_head_meta_losses
 from mamldqn_pl.meta.qnet import FastWeights, QFn
 from mamldqn_pl.meta.td import td_loss
 
@@ -28,6 +29,11 @@ class InnerLoop:
     the gradient no longer grows with the size of the values. With `multi_step` (MAML++'s multi-step loss) the
     meta-objective is the mean query loss after each of the K steps, not only after the last: every K up to the
     trained one is trained to be good, so adaptation does not oscillate between steps.
+
+    `written_out` (default) takes the fast paths of `meta_losses`: a linear head's meta-objective and
+    meta-gradient written out by hand (`meta.head`), else, given a `batched_q_fn`, all tasks' inner steps as one
+    autograd graph over per-task weights [T, ...] (no vmap). False keeps the plain torch.func path everywhere:
+    the reference the tests compare both against.
     """
 
     lr: float
@@ -37,6 +43,7 @@ class InnerLoop:
     log_lrs: Tensor | None = None
     normalize: bool = False
     multi_step: bool = False
+    written_out: bool = True
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
         loss = td_loss(q_fn(fast, batch["x"]), batch["actions"], batch["target"], self.loss)
@@ -91,10 +98,47 @@ class InnerLoop:
             total = total + self.loss_of(q_fn, fast, query)
         return total / self.steps
 
-    def meta_losses(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch) -> Tensor:
-        """Per-task query losses after adaptation, all tasks in one vmapped pass; shape [tasks]."""
+    def meta_losses(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch,
+                    batched_q_fn: QFn | None = None) -> Tensor:
+        """Per-task query losses after adaptation, all tasks in one pass; shape [tasks]."""
+        if self.written_out and self.log_lrs is None and set(fast) == LINEAR_HEAD and fast["head.weight"].dim() == 2:
+            return linear_head_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.lr,
+                                           self.steps, self.loss, self.first_order, self.normalize, self.multi_step)
+        if self.written_out and batched_q_fn is not None:
+            return self.per_task_weights_losses(batched_q_fn, fast, support, query)
         per_task = torch.func.vmap(lambda s, q: self.query_loss(q_fn, fast, s, q))
         return per_task(support, query)
+
+    def per_task_weights_losses(self, batched_q_fn: QFn, fast: FastWeights, support: Batch, query: Batch) -> Tensor:
+        """`meta_losses` without vmap: the weights are expanded to one copy per task and the inner gradient of the
+        summed per-task losses is each task's own (tasks share no weights after the expand), so one
+        torch.autograd.grad per step adapts every task; create_graph keeps the second-order terms."""
+        n_tasks = support["x"].shape[0]
+        fast = {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in fast.items()}
+        total = 0.0
+        for k in range(self.steps):
+            losses = self.per_task_loss(batched_q_fn(fast, support["x"]), support)
+            grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=not self.first_order,
+                                        retain_graph=True)
+            lrs = self.step_sizes(fast, k)
+            fast = {name: w - lrs[name] * g for (name, w), g in zip(fast.items(), grads)}
+            if self.multi_step:
+                total = total + self.per_task_loss(batched_q_fn(fast, query["x"]), query) / self.steps
+        if self.multi_step and self.steps:
+            return total
+        return self.per_task_loss(batched_q_fn(fast, query["x"]), query)
+
+    def per_task_loss(self, q: Tensor, batch: Batch) -> Tensor:
+        """`loss_of` for every task at once: q [T, N, A] -> [T]."""
+        q_sa = q.gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+        target = batch["target"]
+        if self.loss == "huber":
+            loss = torch.nn.functional.smooth_l1_loss(q_sa, target, reduction="none").mean(1)
+        else:
+            loss = torch.nn.functional.mse_loss(q_sa, target, reduction="none").mean(1)
+        if self.normalize:
+            loss = loss / (target.abs().mean(1) + 1.0).detach()
+        return loss
 
     def losses_before(self, q_fn: QFn, fast: FastWeights, query: Batch) -> Tensor:
         """Per-task losses of the unadapted weights, shape [tasks] (logging; the multitask objective)."""

@@ -66,6 +66,7 @@ class AdaptSplit:
     fast: FastWeights
     encode: Callable[[Tensor], Tensor]
     q_fn: QFn
+    batched_q_fn: QFn | None = None  # q_fn for per-task fast weights [T, ...] and inputs [T, N, .]: no vmap needed
 
 
 def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> AdaptSplit:
@@ -76,12 +77,33 @@ def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> Adap
             fast={k: v for k, v in params.items() if k.startswith("head.")},
             encode=lambda obs: functional_call(net.body, body, (obs,)),
             q_fn=lambda fast, x: functional_call(net.head, _strip(fast, "head."), (x,)),
+            batched_q_fn=lambda fast, x: per_task_linear(x, fast["head.weight"], fast["head.bias"]),
         )
     if adapt == "all":
         return AdaptSplit(
-            fast=dict(params), encode=lambda obs: obs, q_fn=lambda fast, x: functional_call(net, fast, (x,))
+            fast=dict(params), encode=lambda obs: obs, q_fn=lambda fast, x: functional_call(net, fast, (x,)),
+            batched_q_fn=lambda fast, x: per_task_forward(net, fast, x),
         )
     raise ValueError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
+
+
+def per_task_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x [T, N, in] through T linear layers (weight [T, out, in], bias [T, out]) in one batched product."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def per_task_forward(net: QNetwork, weights: FastWeights, obs: Tensor) -> Tensor:
+    """Q-values of T networks shaped like `net`, task t's weights weights[name][t], on obs [T, N, obs_dim]:
+    what vmap over functional_call computes, as plain batched products (autograd through it is much cheaper)."""
+    h = obs
+    for i, layer in enumerate(net.body):
+        if isinstance(layer, Scale):
+            h = layer(h)
+        elif isinstance(layer, nn.Linear):
+            h = per_task_linear(h, weights[f"body.{i}.weight"], weights[f"body.{i}.bias"])
+        else:
+            h = layer(h)
+    return per_task_linear(h, weights["head.weight"], weights["head.bias"])
 
 
 def batched_q(net: QNetwork, params: FastWeights, fast: FastWeights, obs: Tensor) -> Tensor:
