@@ -53,6 +53,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     # against the odd/even alternation of K: a smaller inner step on top of the default
     "inner_lr_0.02": {"model.inner_lr": "0.02"},
     "inner_steps_5": {"model.inner_steps": "5"},
+    # third session, DQN-side knobs against the late wandering (screened on 2 seeds)
+    "tau_0.001": {"target_sync.tau": "0.001"},
+    "grad_clip_1": {"model.grad_clip": "1"},
+    "long_task_life": {"data.retire_after": "8000", "data.buffer_capacity": "8000"},
+    "batch_256": {"data.support_size": "256", "data.query_size": "256"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")

@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 
+import yaml
 from conftest import ROOT, TINY
 
 
@@ -27,3 +28,24 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     profile = list(csv.DictReader(open(tmp_path / "out" / "ablation_val_k.csv")))
     assert len(profile) == 2 * 2 * 9 and {r["k"] for r in profile} == {str(k) for k in range(9)}
     assert "| default (2 seeds) |" in (tmp_path / "out" / "ablation.md").read_text()
+
+
+def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path):
+    extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"
+    out = subprocess.run([sys.executable, "benchmarks/families.py", "--configs", "acrobot_flip", "--seeds", "0", "1",
+                          "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--extra-args", extra],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "families.csv")))
+    assert {r["init"] for r in rows} == {"meta-init", "multitask", "scratch"}
+    assert {r["group"] for r in rows} == {"all", "flip", "noflip"}
+    assert {r["k"] for r in rows} == {"0", "1", "3", "5"}
+    assert all(r["config"] == "acrobot_flip" and r["budget"] == "20" for r in rows)
+    pooled = [r for r in rows if r["init"] != "scratch"]
+    assert all(r["n"] == str(2 * 4 * 3) for r in pooled if r["group"] == "all")  # 2 seeds x 4 tasks x 3 eval seeds
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows)
+    assert all(r["chosen_k"] in ("0", "1", "3", "5") for r in rows)
+    multitask = yaml.safe_load((tmp_path / "runs" / "acrobot_flip_multitask_s1" / "config.yaml").read_text())
+    assert multitask["model"]["algorithm"] == "multitask" and multitask["model"]["adapt"] == "head"
+    assert "| acrobot_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
+    assert (tmp_path / "out" / "families.png").stat().st_size > 10_000

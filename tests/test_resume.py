@@ -89,8 +89,13 @@ def test_kills_at_random_moments_always_leave_an_intact_checkpoint(straight_run,
             while not tmp.exists() and time.monotonic() < end and proc.poll() is None:
                 time.sleep(0.0005)
             in_write += tmp.exists()
-        else:  # at a random moment
-            time.sleep(rng.uniform(5.0, 8.0))  # past start-up (~3 s here) so that most kills follow progress
+        else:  # at a random moment after this run wrote a checkpoint of its own (so it made progress, however
+            # loaded the machine is)
+            last, end = run / "checkpoints/last.ckpt", time.monotonic() + 120
+            written = last.stat().st_mtime_ns
+            while last.stat().st_mtime_ns == written and time.monotonic() < end and proc.poll() is None:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)  # intact, or this raises

@@ -88,25 +88,27 @@ def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> Adap
 
 
 def per_task_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """x [T, N, in] through T linear layers (weight [T, out, in], bias [T, out]) in one batched product."""
+    """x [T, N, in] through T linear layers (weight [T, out, in], bias [T, out]) in one batched product; a layer
+    shared by all T (weight [out, in]) is one ordinary product."""
+    if weight.dim() == 2:
+        return torch.nn.functional.linear(x, weight, bias)
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 def per_task_forward(net: QNetwork, weights: FastWeights, obs: Tensor) -> Tensor:
-    """Q-values of T networks shaped like `net`, task t's weights weights[name][t], on obs [T, N, obs_dim]:
-    what vmap over functional_call computes, as plain batched products (autograd through it is much cheaper)."""
+    """Q-values of T networks shaped like `net` on obs [T, N, obs_dim]: task t's weights are weights[name][t], or
+    weights[name] itself for a layer all tasks share. What vmap over functional_call computes, as plain batched
+    products (autograd through it is much cheaper)."""
     h = obs
     for i, layer in enumerate(net.body):
-        if isinstance(layer, Scale):
-            h = layer(h)
-        elif isinstance(layer, nn.Linear):
+        if isinstance(layer, nn.Linear):
             h = per_task_linear(h, weights[f"body.{i}.weight"], weights[f"body.{i}.bias"])
-        else:
+        else:  # Scale, ReLU: no weights
             h = layer(h)
     return per_task_linear(h, weights["head.weight"], weights["head.bias"])
 
 
 def batched_q(net: QNetwork, params: FastWeights, fast: FastWeights, obs: Tensor) -> Tensor:
-    """Q-values of many adapted networks at once: fast weights and obs carry a leading slot dimension."""
-    shared = {k: v for k, v in params.items() if k not in fast}
-    return torch.func.vmap(lambda f, o: functional_call(net, {**shared, **f}, (o,)))(fast, obs)
+    """Q-values of many adapted networks at once: fast weights and obs carry a leading slot dimension; the rest
+    of `params` is shared by all slots."""
+    return per_task_forward(net, {**params, **fast}, obs)

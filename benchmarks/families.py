@@ -1,0 +1,173 @@
+"""Issue 11 from nothing: does meta-learning pay on every family we ship, against a multitask-pretrained network and
+scratch fine-tuned with the same K and budget?
+
+    .venv/bin/python benchmarks/families.py                       # the five configs, training seeds 0-2
+    .venv/bin/python benchmarks/families.py --configs acrobot --seeds 0 1 2 --variant tdnorm \\
+        --extra-args "--model.td_normalize true"                  # a variant of one config
+
+For every config and training seed: `mamldqn fit` of the config (validation at K = 0, 1, 3, 5) and of the same
+config with `model.algorithm multitask` (same network, data, budget; it fine-tunes what the config adapts). K is
+chosen per init on the validation tasks (the mean over seeds of the validation return at each K, at each run's
+best checkpoint); scratch is shown at the meta-init's K. Then the best checkpoints of all seeds and scratch run the
+meta-test protocol on the config's 20 held-out tasks x 3 evaluation seeds at the config's budget. Writes
+docs/results/families.{csv,md,png}; the README table between the `<!-- families.md -->` markers is replaced.
+Runs go to lightning_logs/families/<config>[_<variant>]_<init>_s<seed>; finished runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import yaml
+from runs import ROOT, readme_table, train
+
+from mamldqn_pl.compare import compare
+from mamldqn_pl.module import ALGORITHMS
+from mamldqn_pl.report import write_csv
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CONFIGS = ("seed_cartpole_mountaincar", "mountaincar_flip", "acrobot", "acrobot_flip", "nav2d")
+TARGETS = {  # the issue's target at K <= 5, per group ("all" unless named)
+    "seed_cartpole_mountaincar": "CartPole >= 450, MountainCar >= -130",
+    "mountaincar_flip": ">= -140, flipped half >= -150",
+    "acrobot": ">= -100, trained K no worse than K = 0",
+    "acrobot_flip": ">= -120",
+    "nav2d": ">= -8",
+}
+KS = (0, 1, 3, 5)
+INITS = ("meta-init", "multitask")
+COLUMNS = ("config", "init", "group", "k", "budget", "n", "mean", "iqm", "ci_low", "ci_high", "chosen_k",
+           "val_at_chosen_k")
+
+
+def run_name(config: str, variant: str, init: str, seed: int) -> str:
+    return f"{config}{'_' + variant if variant else ''}_{init}_s{seed}"
+
+
+def overrides(config: str, init: str) -> list[str]:
+    """The multitask baseline of a config: same everything, no inner loop in training; it fine-tunes at test
+    what the config's algorithm adapts (the whole network for MAML, the head for ANIL)."""
+    validation = ["--meta_val.ks", "[" + ", ".join(map(str, KS)) + "]"]
+    if init == "meta-init":
+        return validation
+    model = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text()).get("model", {})
+    adapt = model.get("adapt") or ALGORITHMS[model.get("algorithm", "anil")][0]
+    return [*validation, "--model.algorithm", "multitask", "--model.adapt", adapt]
+
+
+def validation_at_best(run: Path) -> dict[int, float]:
+    """The validation return at each K of the check the best checkpoint was chosen at (max at the trained K)."""
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("meta_val/return_k0")]
+    trained = yaml.safe_load((run / "config.yaml").read_text())["model"]["inner_steps"]
+    best = max(rows, key=lambda r: float(r[f"meta_val/return_k{trained}"]))
+    return {k: float(best[f"meta_val/return_k{k}"]) for k in KS if best.get(f"meta_val/return_k{k}")}
+
+
+def choose_k(runs: list[Path]) -> tuple[int, float]:
+    """argmax over K <= 5 of the mean validation return over the training seeds; validation tasks only."""
+    per_run = [validation_at_best(r) for r in runs]
+    means = {k: float(np.mean([v[k] for v in per_run])) for k in KS if all(k in v for v in per_run)}
+    k = max(means, key=means.get)
+    return k, means[k]
+
+
+def evaluate(config: str, runs: dict[str, list[Path]], chosen: dict[str, tuple[int, float]], out: Path) -> list[dict]:
+    entries = [(init, str(run / "checkpoints" / "best.ckpt")) for init in INITS for run in runs[init]]
+    budget = yaml.safe_load((runs["meta-init"][0] / "config.yaml").read_text())["data"]["adapt_budget"]
+    summary = compare(entries, out, list(KS), [budget], [0, 1, 2], 5)
+    chosen = {**chosen, "scratch": chosen["meta-init"]}
+    return [{"config": config, **{c: s[c] for c in COLUMNS[1:-2]}, "chosen_k": chosen[s["init"]][0],
+             "val_at_chosen_k": chosen[s["init"]][1] if s["init"] != "scratch" else ""} for s in summary]
+
+
+def markdown(rows: list[dict], seeds: int) -> str:
+    lines = ["| config | init | K (chosen on validation) | all tasks: mean [95% CI] | IQM | by group | target |",
+             "|---|---|---|---|---|---|---|"]
+    for config in dict.fromkeys(r["config"] for r in rows):
+        for init in ("meta-init", "multitask", "scratch"):
+            at_k = [r for r in rows if r["config"] == config and r["init"] == init and r["k"] == r["chosen_k"]]
+            if not at_k:
+                continue
+            whole = next(r for r in at_k if r["group"] == "all")
+            groups = ", ".join(f"{r['group']} {r['mean']:.1f}" for r in at_k if r["group"] != "all")
+            lines.append(f"| {config} | {init}{f' ({seeds} seeds)' if init != 'scratch' else ''} | {whole['k']} | "
+                         f"{whole['mean']:.1f} [{whole['ci_low']:.1f}, {whole['ci_high']:.1f}] | {whole['iqm']:.1f} | "
+                         f"{groups or '-'} | {TARGETS.get(config.split('+')[0], '') if init == 'meta-init' else ''} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs), 3.4), squeeze=False)
+    for ax, config in zip(axes[0], configs):
+        for i, init in enumerate(("meta-init", "multitask", "scratch")):
+            pts = sorted((r for r in rows if r["config"] == config and r["init"] == init and r["group"] == "all"),
+                         key=lambda r: r["k"])
+            if pts:
+                ks = np.array([p["k"] for p in pts]) + (i - 1) * 0.12
+                ax.errorbar(ks, [p["mean"] for p in pts], yerr=[[p["mean"] - p["ci_low"] for p in pts],
+                                                                [p["ci_high"] - p["mean"] for p in pts]],
+                            marker="o", ms=3, capsize=2, label=init)
+        ax.set_title(config, fontsize=9)
+        ax.set_xlabel("inner steps K")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out return (95% CI)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variant", default="", help="a name for --extra-args (rows read CONFIG+VARIANT)")
+    parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for every run")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "docs/results"),
+                        help="the README's table is rewritten only for this default")
+    parser.add_argument("--name", default="families")
+    parser.add_argument("--runs", default=str(ROOT / "lightning_logs" / "families"))
+    args = parser.parse_args()
+    runs_dir, extra = Path(args.runs), shlex.split(args.extra_args)
+    start = time.time()
+    jobs = [(c, init, s) for s in args.seeds for c in args.configs for init in INITS]
+
+    def fit(job: tuple[str, str, int]) -> None:
+        config, init, seed = job
+        train(ROOT / "configs" / f"{config}.yaml", seed, runs_dir / run_name(config, args.variant, init, seed),
+              overrides=[*overrides(config, init), *extra])
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(fit, jobs))
+    rows: list[dict] = []
+    for config in args.configs:
+        runs = {init: [runs_dir / run_name(config, args.variant, init, s) for s in args.seeds] for init in INITS}
+        chosen = {init: choose_k(runs[init]) for init in INITS}
+        label = config + (f"+{args.variant}" if args.variant else "")
+        rows += evaluate(label, runs, chosen, runs_dir / f"{label}_compare")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / f"{args.name}.csv", COLUMNS, rows)
+    table = markdown(rows, len(args.seeds))
+    (out / f"{args.name}.md").write_text(table + "\n")
+    plot(rows, out / f"{args.name}.png")
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme_table(args.name, table)
+    print(table)
+    print(f"\nwrote {args.name}.csv/.md/.png to {out}; wall time {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

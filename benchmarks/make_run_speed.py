@@ -1,0 +1,91 @@
+"""Issue 13, item 4: `make run`'s work (fit + test of configs/cartpole.yaml, seed 0) at this commit against a
+baseline commit, side by side: both run at the same time, one per core, in the same venv, so that they meet the
+same machine. Writes docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
+
+    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000]
+
+The baseline is checked out as a git worktree under the system's temp folder; nothing of this tree changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from runs import ROOT, readme_table
+
+from mamldqn_pl.report import write_csv
+
+BASELINE = "436b99f"  # main before issue 13 (third session's start)
+COLUMNS = ("tree", "commit", "fit_s", "test_s", "total_s", "ratio_to_baseline", "k5_mean", "k5_ci_low", "k5_ci_high",
+           "k5_flip_mean")
+
+
+def make_run(tree: Path, run_dir: Path, steps: int) -> dict:
+    """`make run`'s two commands, timed, with the package imported from `tree`."""
+    env_python = [sys.executable, "-m", "mamldqn_pl"]
+    config = ["--config", "configs/cartpole.yaml", "--run_dir", str(run_dir)]
+    times = {}
+    for command, extra in (("fit", ["--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false"]),
+                           ("test", [])):
+        start = time.time()
+        out = subprocess.run([*env_python, command, *config, *extra], cwd=tree, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(tree)})
+        if out.returncode:
+            raise SystemExit(f"{command} in {tree} failed:\n{out.stderr[-3000:]}")
+        times[command] = time.time() - start
+    with open(run_dir / "adaptation.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["init"] == "meta-init" and r["k"] == "5"]
+    budget = sorted({int(r["budget"]) for r in rows})[len({r["budget"] for r in rows}) // 2]  # the trained budget
+    pick = {r["group"]: r for r in rows if int(r["budget"]) == budget}
+    return {"fit_s": round(times["fit"], 1), "test_s": round(times["test"], 1),
+            "total_s": round(times["fit"] + times["test"], 1), "k5_mean": round(float(pick["all"]["mean"]), 1),
+            "k5_ci_low": round(float(pick["all"]["ci_low"]), 1), "k5_ci_high": round(float(pick["all"]["ci_high"]), 1),
+            "k5_flip_mean": round(float(pick["flip"]["mean"]), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--steps", type=int, default=12000, help="configs/cartpole.yaml's max_steps")
+    parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    args = parser.parse_args()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            trees = {"baseline": (base, args.baseline), "this commit": (ROOT, head.strip() + " (+ working tree)")}
+            with ThreadPoolExecutor(2) as pool:
+                results = dict(zip(trees, pool.map(lambda t: make_run(t[0], Path(tmp) / f"run_{t[1][:7]}", args.steps),
+                                                   trees.values())))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+    base_total = results["baseline"]["total_s"]
+    rows = [{"tree": name, "commit": trees[name][1], **r, "ratio_to_baseline": round(r["total_s"] / base_total, 2)}
+            for name, r in results.items()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "make_run_speed.csv", COLUMNS, rows)
+    lines = ["| tree | fit | test | total | ratio | held-out K = 5: mean [95% CI] | flipped half |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['tree']} ({r['commit']}) | {r['fit_s']:.0f} s | {r['test_s']:.0f} s | {r['total_s']:.0f} s | "
+              f"{r['ratio_to_baseline']:.2f}x | {r['k5_mean']:.0f} [{r['k5_ci_low']:.0f}, {r['k5_ci_high']:.0f}] | "
+              f"{r['k5_flip_mean']:.0f} |" for r in rows]
+    table = "\n".join(lines)
+    (out / "make_run_speed.md").write_text(table + "\n")
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme_table("make_run_speed", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
