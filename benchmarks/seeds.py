@@ -57,7 +57,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     "tau_0.001": {"target_sync.tau": "0.001"},
     "grad_clip_1": {"model.grad_clip": "1"},
     "long_task_life": {"data.retire_after": "8000", "data.buffer_capacity": "8000"},
-    "batch_256": {"data.support_size": "256", "data.query_size": "256"},
+    "batch_256": {"data.support_size": "256", "data.query_size": "256", "data.learning_starts": "512"},
+    "short_task_life": {"data.retire_after": "1000", "data.buffer_capacity": "1000"},
+    "grad_clip_1_cosine": {"model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
+    "tau_0.002": {"target_sync.tau": "0.002"},
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")

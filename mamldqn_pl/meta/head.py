@@ -27,14 +27,13 @@ def _derivatives(error: Tensor, kind: str) -> tuple[Tensor, Tensor]:
 
 def _loss(error: Tensor, kind: str) -> Tensor:
     if kind == "huber":
-        a = error.abs()
-        return torch.where(a < 1.0, 0.5 * error * error, a - 0.5)
+        return torch.nn.functional.smooth_l1_loss(error, torch.zeros_like(error), reduction="none")
     return error * error
 
 
 def _q_sa(x: Tensor, w: Tensor, b: Tensor, onehot: Tensor) -> Tensor:
     """Q(s, a) of the taken actions: (x W^T + b) gathered by a one-hot mask, [T, N]."""
-    return (torch.bmm(x, w.transpose(1, 2)) + b.unsqueeze(1)).mul(onehot).sum(-1)
+    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)).mul_(onehot).sum(-1)
 
 
 class LinearHeadMetaLoss(torch.autograd.Function):

@@ -73,9 +73,10 @@ def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> Adap
     """Split `params` (a dict of net's parameters, e.g. dict(net.named_parameters())) by adaptation mode."""
     if adapt == "head":
         body = _strip(params, "body.")
+        own = all(params.get(k) is p for k, p in net.named_parameters())  # then skip functional_call's swapping
         return AdaptSplit(
             fast={k: v for k, v in params.items() if k.startswith("head.")},
-            encode=lambda obs: functional_call(net.body, body, (obs,)),
+            encode=net.body if own else lambda obs: functional_call(net.body, body, (obs,)),
             q_fn=lambda fast, x: functional_call(net.head, _strip(fast, "head."), (x,)),
             batched_q_fn=lambda fast, x: per_task_linear(x, fast["head.weight"], fast["head.bias"]),
         )
