@@ -29,10 +29,12 @@ import gymnasium as gym
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from runs import readme_table
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
 from mamldqn_pl.meta import split_for_adaptation, td_loss
+from mamldqn_pl.report import write_csv
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import make_family
 
@@ -272,15 +274,21 @@ def main() -> None:
     torch.set_num_threads(1)
     repeats = 3 if args.quick else 7
     bench_meta_step(repeats, [4, 16] if args.quick else [4, 16, 64])
-    bench_fast_paths(5 if args.quick else 21)
+    bench_fast_paths(3 if args.quick else 21)
     bench_envs(repeats, 64 if args.quick else 256, 50 if args.quick else 200)
-    bench_fit_vs_bare(500 if args.quick else 1000)
-    bench_memory(500 if args.quick else 1000)
+    bench_fit_vs_bare(200 if args.quick else 1000)
+    bench_memory(100 if args.quick else 1000)
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, "
           f"torch {torch.__version__}, medians over {repeats} repeats\n")
-    print("| measurement | figures | ratio | target |\n|---|---|---|---|")
-    for row in ROWS:
-        print("| " + " | ".join(row) + " |")
+    table = "\n".join(["| measurement | figures | ratio | target |", "|---|---|---|---|",
+                       *("| " + " | ".join(row) + " |" for row in ROWS)])
+    print(table)
+    if not args.quick:  # the README's table and docs/results/bench.{csv,md}
+        out = ROOT / "docs" / "results"
+        write_csv(out / "bench.csv", ("measurement", "figures", "ratio", "target"),
+                  [dict(zip(("measurement", "figures", "ratio", "target"), row)) for row in ROWS])
+        (out / "bench.md").write_text(table + "\n")
+        readme_table("bench", table)
 
 
 if __name__ == "__main__":

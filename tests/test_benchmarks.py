@@ -49,3 +49,16 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
     assert multitask["model"]["algorithm"] == "multitask" and multitask["model"]["adapt"] == "head"
     assert "| acrobot_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
     assert (tmp_path / "out" / "families.png").stat().st_size > 10_000
+
+
+def test_speed_benchmark_quick_prints_every_row():
+    out = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| (")]
+    for part in ("(a)", "(b)", "(c)", "(c')", "(d)", "(e)", "(e')"):
+        assert any(r.startswith(f"| {part} ") for r in rows), part
+    fast = [r for r in rows if r.startswith("| (e) ")]
+    assert len(fast) == 4 and all("grad err" in r for r in fast)
+    errors = [float(r.split("grad err ")[1].split(" ")[0]) for r in fast]
+    assert max(errors) <= 1e-5  # the fast paths' meta-gradients equal the reference's
