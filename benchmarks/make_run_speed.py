@@ -58,12 +58,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            trees = {"baseline": (base, args.baseline), "this commit": (ROOT, head.strip() + " (+ working tree)")}
+            label = head.strip() + (" + uncommitted changes" if dirty else "")
+            trees = {"baseline": (base, args.baseline), "this commit": (ROOT, label)}
             with ThreadPoolExecutor(2) as pool:
                 results = dict(zip(trees, pool.map(lambda t: make_run(t[0], Path(tmp) / f"run_{t[1][:7]}", args.steps),
                                                    trees.values())))

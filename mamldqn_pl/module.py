@@ -193,9 +193,10 @@ class MAMLDQN(pl.LightningModule):
     @torch.no_grad()
     def adapted_q_values(self, support: dict[str, Tensor], mask: Tensor | None) -> Callable[[Tensor], Tensor]:
         """Q-functions of each task's theta adapted with the inner loop on `support` ([tasks, N] fields), for
-        collection with the adapted policy: row i of the observations is task i's. Works on detached copies, so
-        the adapted weights never reach theta and no meta-gradient flows."""
-        params = {k: v.detach() for k, v in self.net.named_parameters()}
+        collection with the adapted policy: row i of the observations is task i's. Runs without autograd (here
+        and in the returned function, which the collector calls under no_grad): the adapted weights are new
+        tensors that never reach theta, and no meta-gradient flows."""
+        params = dict(self.net.named_parameters())  # the module's own: the body runs without functional_call
         split = split_for_adaptation(self.net, params, self.adapt)
         support = {k: v.to(self.device) for k, v in support.items()}
         fast = self.inner.adapted_no_grad(split.q_fn, split.fast, self._inner_batch(split, support, mask))

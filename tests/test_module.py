@@ -84,3 +84,33 @@ def test_collection_policy_follows_the_epsilon_schedule():
     assert model.epsilon() == 1.0
     trainer = fit(model, 5, TargetNetworkSync())
     assert trainer.global_step == 5 and abs(model.epsilon() - 0.55) < 1e-9
+
+
+def test_retire_every_replaces_tasks_only_at_its_checks_and_warm_starts_them_together(monkeypatch):
+    pl.seed_everything(0)
+    dm = MetaDQNDataModule(**{**SMALL_DATA, "retire_after": 50, "retire_every": 4})
+    dm._build(rank=0)
+    model = MAMLDQN(hidden=[8])
+    dm.attach_policy(model.q_values, lambda: 0.5)
+    warm_starts: list[list[int]] = []
+    warm_start, retire = dm._warm_start, dm._retire
+    monkeypatch.setattr(dm, "_warm_start",
+                        lambda slots: (warm_starts.append(sorted(slots.tolist())), warm_start(slots)))
+    checks: list[tuple[int, list[int], list[int]]] = []  # (batch, slots past retire_after, slots replaced)
+
+    def watched_retire():
+        past = torch.nonzero(dm.collector.env_steps >= 50).flatten().tolist()
+        before = [t.to_dict() for t in dm.pool]
+        retire()
+        replaced = [i for i, t in enumerate(dm.pool) if t.to_dict() != before[i]]
+        checks.append((dm.batches, past, replaced))
+
+    monkeypatch.setattr(dm, "_retire", watched_retire)
+    for _ in range(24):
+        dm.next_batch()
+    replacing = [(b, past, replaced) for b, past, replaced in checks if replaced]
+    assert replacing and all(b % 4 == 0 for b, _, _ in replacing)  # only at the checks
+    assert all(replaced == past for b, past, replaced in checks if b % 4 == 0)  # all tasks past the limit go
+    assert any(past for b, past, _ in checks if b % 4)  # between checks, tasks past the limit stay
+    assert len(warm_starts) == 1 + len(replacing)  # the first fill, then one batched warm start per check
+    assert any(len(slots) > 1 for slots in warm_starts[1:])  # tasks retired together start together

@@ -60,6 +60,10 @@ class MetaDQNDataModule(pl.LightningDataModule):
         epsilon_adapt: exploration of that warm start and of meta-test support collection.
         learning_starts: transitions in each buffer before it is sampled (>= support_size + query_size).
         retire_after: env steps after which a pool task is replaced by a freshly sampled one (0: never).
+        retire_every: look for tasks past retire_after every this many meta-batches (1: every one). The tasks
+            found together are warm-started together, in one batched collection of learning_starts steps: one
+            warm start per retired task costs about as much as a whole meta-step's collection, so checking every
+            ~100 batches makes the fit loop faster, at the price of task lives up to that many batches longer.
         support_from: where the support batch comes from: "random" (support_size transitions drawn from the
             buffer, disjoint from the query) or "warm_start" (each task's first support_size transitions, which
             are its warm start by the initialisation at epsilon_adapt: the meta-test support data; kept for the
@@ -90,6 +94,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         epsilon_adapt: float = 0.25,
         learning_starts: int = 256,
         retire_after: int = 2000,
+        retire_every: int = 1,
         support_from: str = "random",
         collect_adapted: float = 0.0,
         n_val_tasks: int = 16,
@@ -122,6 +127,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         require(0.0 <= epsilon_adapt <= 1.0, f"data.epsilon_adapt: {epsilon_adapt} must lie in [0, 1]")
         require(retire_after == 0 or retire_after > learning_starts,
                 f"data.retire_after: {retire_after} must be 0 (never) or above learning_starts = {learning_starts}")
+        require(isinstance(retire_every, int) and retire_every >= 1,
+                f"data.retire_every: {retire_every!r} must be an integer >= 1")
         require(support_from in ("random", "warm_start"), f"data.support_from: {support_from!r}; allowed: random, "
                 "warm_start")
         if support_from == "warm_start":
@@ -199,7 +206,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
 
     def _retire(self) -> None:
         hp = self.hparams
-        if hp.retire_after == 0:
+        if hp.retire_after == 0 or self.batches % hp.retire_every:
             return
         old = np.flatnonzero(self.collector.env_steps.numpy() >= hp.retire_after)
         if len(old):
