@@ -100,7 +100,8 @@ def markdown(rows: list[dict], seeds: int) -> str:
                 continue
             whole = next(r for r in at_k if r["group"] == "all")
             groups = ", ".join(f"{r['group']} {r['mean']:.1f}" for r in at_k if r["group"] != "all")
-            lines.append(f"| {config} | {init}{f' ({seeds} seeds)' if init != 'scratch' else ''} | {whole['k']} | "
+            n = f" ({seeds} seed{'s' if seeds > 1 else ''})" if init != "scratch" else ""
+            lines.append(f"| {config} | {init}{n} | {whole['k']} | "
                          f"{whole['mean']:.1f} [{whole['ci_low']:.1f}, {whole['ci_high']:.1f}] | {whole['iqm']:.1f} | "
                          f"{groups or '-'} | {TARGETS.get(config.split('+')[0], '') if init == 'meta-init' else ''} |")
     return "\n".join(lines)
@@ -139,7 +140,16 @@ def main() -> None:
                         help="the README's table is rewritten only for this default")
     parser.add_argument("--name", default="families")
     parser.add_argument("--runs", default=str(ROOT / "lightning_logs" / "families"))
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite NAME.md/.png and the README table from an existing NAME.csv (no runs)")
     args = parser.parse_args()
+    if args.table_only:
+        out = Path(args.out)
+        with open(out / f"{args.name}.csv") as f:
+            rows = [{**r, **{c: int(r[c]) for c in ("k", "budget", "n", "chosen_k")},
+                     **{c: float(r[c]) for c in ("mean", "iqm", "ci_low", "ci_high")}} for r in csv.DictReader(f)]
+        write_outputs(rows, out, args.name, len(args.seeds))
+        return
     runs_dir, extra = Path(args.runs), shlex.split(args.extra_args)
     start = time.time()
     jobs = [(c, init, s) for s in args.seeds for c in args.configs for init in INITS]
@@ -160,13 +170,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{args.name}.csv", COLUMNS, rows)
-    table = markdown(rows, len(args.seeds))
-    (out / f"{args.name}.md").write_text(table + "\n")
-    plot(rows, out / f"{args.name}.png")
-    if out.resolve() == (ROOT / "docs/results").resolve():
-        readme_table(args.name, table)
-    print(table)
+    write_outputs(rows, out, args.name, len(args.seeds))
     print(f"\nwrote {args.name}.csv/.md/.png to {out}; wall time {time.time() - start:.0f} s")
+
+
+def write_outputs(rows: list[dict], out: Path, name: str, seeds: int) -> None:
+    table = markdown(rows, seeds)
+    (out / f"{name}.md").write_text(table + "\n")
+    plot(rows, out / f"{name}.png")
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme_table(name, table)
+    print(table)
 
 
 if __name__ == "__main__":
