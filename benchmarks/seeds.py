@@ -62,6 +62,7 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     "grad_clip_1_cosine": {"model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
     "tau_0.002": {"target_sync.tau": "0.002"},
     "tasks_64": {"data.tasks_per_batch": "64"},  # less meta-gradient noise: every pool task in every meta-step
+    "tau_cosine_0.001": {"target_sync.tau_final": "0.001"},  # a fast target early, tau_0.001's smoothness late
 }
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,23 +22,45 @@ def evaluate(pl_module: pl.LightningModule, tasks: list, protocol: Protocol, scr
 
 class TargetNetworkSync(pl.Callback):
     """Moves theta^- toward theta after each meta-step: Polyak averaging with `tau` > 0, else a hard copy
-    every `every_n_steps` meta-steps. theta^- never receives gradients; this is the only place it changes."""
+    every `every_n_steps` meta-steps. theta^- never receives gradients; this is the only place it changes.
 
-    def __init__(self, tau: float = 0.005, every_n_steps: int = 0) -> None:
+    With `tau_final` the rate follows a cosine from `tau` down to `tau_final` at `tau_horizon` meta-steps
+    (default trainer.max_steps): a fast-moving target early, a slow one late. A slow target makes the
+    validation return smooth but learning slow (docs/results/stability_screen.md); the schedule is a function of
+    the step alone, so a resumed run follows the same curve.
+    """
+
+    def __init__(self, tau: float = 0.005, every_n_steps: int = 0, tau_final: float | None = None,
+                 tau_horizon: int | None = None) -> None:
         require(0.0 <= tau <= 1.0, f"target_sync.tau: {tau} must lie in [0, 1]")
         require(every_n_steps >= 0, f"target_sync.every_n_steps: {every_n_steps} must be >= 0")
         require((tau > 0) != (every_n_steps > 0),
                 f"target_sync: set exactly one of tau ({tau}) > 0 or every_n_steps ({every_n_steps}) > 0")
+        require(tau_final is None or (tau > 0 and 0.0 < tau_final <= tau),
+                f"target_sync.tau_final: {tau_final} must lie in (0, tau = {tau}] (and needs tau > 0)")
+        require(tau_horizon is None or tau_horizon >= 1, f"target_sync.tau_horizon: {tau_horizon} must be >= 1")
         self.tau = tau
         self.every_n_steps = every_n_steps
+        self.tau_final = tau_final
+        self.tau_horizon = tau_horizon
         self.syncs = 0
+
+    def tau_at(self, step: int, max_steps: int) -> float:
+        """The Polyak rate after meta-step `step` (1-based: the sync that follows it)."""
+        if self.tau_final is None:
+            return self.tau
+        horizon = self.tau_horizon or max_steps
+        require(horizon > 0, "target_sync.tau_final needs trainer.max_steps or target_sync.tau_horizon")
+        frac = min(step / horizon, 1.0)
+        return self.tau_final + 0.5 * (self.tau - self.tau_final) * (1.0 + math.cos(math.pi * frac))
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         online, target = pl_module.net.parameters(), pl_module.target_net.parameters()
         if self.tau > 0:
+            tau = self.tau_at(trainer.global_step, trainer.max_steps)
             for t, p in zip(target, online):
-                t.lerp_(p, self.tau)
+                t.lerp_(p, tau)
         elif trainer.global_step % self.every_n_steps == 0:
             for t, p in zip(target, online):
                 t.copy_(p)

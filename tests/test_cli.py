@@ -122,6 +122,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--data.ranges", '{"masscart": [0, 1]}'], "data.ranges.masscart: range [0.0, 1.0] must lie above 0.0"),
     (["--data.test_ranges", '{"length": [2, 1]}'], "data.test_ranges.length: range [2.0, 1.0] is inverted"),
     (["--target_sync.tau", "1.5"], "target_sync.tau: 1.5 must lie in [0, 1]"),
+    (["--target_sync.tau_final", "0.01"], "target_sync.tau_final: 0.01 must lie in (0, tau = 0.005]"),
     (["--target_sync.tau", "0.01", "--target_sync.every_n_steps", "10"], "set exactly one of tau"),
     (["--meta_val.every_n_steps", "0"], "meta_val.every_n_steps: 0 must be >= 1"),
     (["--meta_val.episodes", "0"], "meta_val.episodes: 0 must be >= 1"),

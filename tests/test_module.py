@@ -56,6 +56,20 @@ def test_polyak_sync_moves_target_by_tau():
         torch.testing.assert_close(target, expected)
 
 
+def test_polyak_rate_follows_its_cosine_schedule_to_tau_final():
+    model = MAMLDQN(hidden=[16])
+    snaps = Snapshots()
+    sync = TargetNetworkSync(tau=0.5, tau_final=0.1, tau_horizon=4)
+    fit(model, 6, sync, snaps)
+    rates = [sync.tau_at(step, 6) for step in range(1, 7)]
+    assert rates[0] < 0.5 and abs(rates[3] - 0.1) < 1e-12 and rates[3:] == [0.1, 0.1, 0.1]  # floor from step 4
+    assert all(a > b for a, b in zip(rates[:3], rates[1:4]))
+    expected = snaps.target[0]
+    for rate, online, target in zip(rates[1:], snaps.online[1:], snaps.target[1:]):
+        expected = expected + rate * (online - expected)
+        torch.testing.assert_close(target, expected)
+
+
 def test_global_step_counts_meta_steps_only_and_the_optimizer_steps_once_each():
     model = MAMLDQN(hidden=[16], inner_steps=5)
     trainer = fit(model, 4, TargetNetworkSync())
