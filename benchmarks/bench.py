@@ -1,7 +1,9 @@
-"""`make bench`: the speed goals of issue 7, each a ratio measured side by side in one run (medians over
-repeats), printed as a markdown table.
+"""`make bench`: the speed goals of issues 7 and 13, each a ratio measured side by side in one run (medians over
+repeats), printed as a markdown table and written to docs/results/bench.{csv,md} and the README.
 
-(a) vmapped meta-step vs a per-task Python loop (learn2learn/higher style), with a gradient-equality check
+(a) our meta-step (the module's meta-objective: its fast paths) vs a per-task Python loop (learn2learn/higher
+    style), with a gradient-equality check
+(e) the fast paths vs the torch.func reference on whole bare meta-steps, and the floor (issue 13)
 (b) batched NumPy envs vs gymnasium's SyncVectorEnv over the same tasks
 (c) meta-steps/s of `mamldqn fit` on the default config vs the bare meta-step on the same batches
 (d) peak resident memory of a `mamldqn fit` process on the default config
@@ -96,7 +98,7 @@ def loop_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
     return torch.autograd.grad(total / n_tasks, list(params.values()))
 
 
-def vmapped_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
+def module_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
     meta_loss, _, _ = model.meta_objective(batch, with_pre=False)
     return torch.autograd.grad(meta_loss, list(model.net.parameters()))
 
@@ -108,14 +110,14 @@ def bench_meta_step(repeats: int, task_counts: list[int]) -> None:
                 torch.manual_seed(0)
                 model = MAMLDQN(algorithm="maml", adapt=adapt, first_order=first_order, inner_steps=3)
                 batch = random_batch(n_tasks)
-                err = max((a - b).abs().max().item() for a, b in zip(vmapped_meta_grad(model, batch),
+                err = max((a - b).abs().max().item() for a, b in zip(module_meta_grad(model, batch),
                                                                       loop_meta_grad(model, batch)))
-                t_vmap = median_time(partial(vmapped_meta_grad, model, batch), repeats)
+                t_ours = median_time(partial(module_meta_grad, model, batch), repeats)
                 t_loop = median_time(partial(loop_meta_grad, model, batch), repeats)
                 order = "first" if first_order else "second"
                 ROWS.append((f"(a) meta-step, {adapt}, {order} order, {n_tasks} tasks, K=3",
-                             f"{1 / t_vmap:.1f} steps/s vmapped vs {1 / t_loop:.1f} loop (grad err {err:.1e})",
-                             f"{t_loop / t_vmap:.2f}x", ">= 4x at 16 tasks" if n_tasks == 16 else ""))
+                             f"{1 / t_ours:.1f} steps/s ours vs {1 / t_loop:.1f} loop (grad err {err:.1e})",
+                             f"{t_loop / t_ours:.2f}x", ">= 4x at 16 tasks" if n_tasks == 16 else ""))
 
 
 def step_all(step, actions: np.ndarray) -> None:

@@ -53,17 +53,23 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     # against the odd/even alternation of K: a smaller inner step on top of the default
     "inner_lr_0.02": {"model.inner_lr": "0.02"},
     "inner_steps_5": {"model.inner_steps": "5"},
-    # third session, DQN-side knobs against the late wandering (screened on 2 seeds)
+    # third session: DQN-side knobs against the late wandering, screened on 2 seeds (--name stability_screen)
     "tau_0.001": {"target_sync.tau": "0.001"},
-    "grad_clip_1": {"model.grad_clip": "1"},
-    "long_task_life": {"data.retire_after": "8000", "data.buffer_capacity": "8000"},
-    "batch_256": {"data.support_size": "256", "data.query_size": "256", "data.learning_starts": "512"},
-    "short_task_life": {"data.retire_after": "1000", "data.buffer_capacity": "1000"},
-    "grad_clip_1_cosine": {"model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
     "tau_0.002": {"target_sync.tau": "0.002"},
-    "tasks_64": {"data.tasks_per_batch": "64"},  # less meta-gradient noise: every pool task in every meta-step
-    "tau_cosine_0.001": {"target_sync.tau_final": "0.001"},  # a fast target early, tau_0.001's smoothness late
+    "grad_clip_1": {"model.grad_clip": "1"},
+    "grad_clip_1_cosine": {"model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
+    "long_task_life": {"data.retire_after": "8000", "data.buffer_capacity": "8000"},
+    "short_task_life": {"data.retire_after": "1000", "data.buffer_capacity": "1000"},
+    # ... and on top of data.retire_every 100 (the speed setting that was tried as the default, then taken off)
+    "retire_every_100": {"data.retire_every": "100"},
+    "retire_every_100_batch_256": {"data.retire_every": "100", "data.support_size": "256", "data.query_size": "256",
+                                   "data.learning_starts": "512"},
+    "retire_every_100_tasks_64": {"data.retire_every": "100", "data.tasks_per_batch": "64"},
+    "retire_every_100_tau_cosine_0.001": {"data.retire_every": "100", "target_sync.tau_final": "0.001"},
 }
+SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
+          "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
+          "retire_every_100_tau_cosine_0.001")
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
            "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
 
