@@ -60,6 +60,7 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     "grad_clip_1_cosine": {"model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
     "long_task_life": {"data.retire_after": "8000", "data.buffer_capacity": "8000"},
     "short_task_life": {"data.retire_after": "1000", "data.buffer_capacity": "1000"},
+    "tasks_64": {"data.tasks_per_batch": "64"},  # every pool task in every meta-step: less meta-gradient noise
     # ... and on top of data.retire_every 100 (the speed setting that was tried as the default, then taken off)
     "retire_every_100": {"data.retire_every": "100"},
     "retire_every_100_batch_256": {"data.retire_every": "100", "data.support_size": "256", "data.query_size": "256",
