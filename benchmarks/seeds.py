@@ -189,7 +189,7 @@ def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
 
     fig, (left, right, third) = plt.subplots(1, 3, figsize=(17, 4.4))
     variants = list(dict.fromkeys(r["variant"] for r in results))
-    colours = dict(zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colours = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}  # more variants than the cycle
     for r in results:
         steps, values = zip(*r["curve"])
         label = f"seed {r['seed']}" if len(variants) == 1 else (r["variant"] if r["seed"] == 0 else None)
