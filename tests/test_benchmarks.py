@@ -62,3 +62,16 @@ def test_speed_benchmark_quick_prints_every_row():
     assert len(fast) == 4 and all("grad err" in r for r in fast)
     errors = [float(r.split("grad err ")[1].split(" ")[0]) for r in fast]
     assert max(errors) <= 1e-5  # the fast paths' meta-gradients equal the reference's
+
+
+def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "make_run_speed.csv")))
+    assert [r["tree"] for r in rows] == ["baseline", "this commit"]
+    assert rows[0]["ratio_to_baseline"] == "1.0" and float(rows[1]["ratio_to_baseline"]) > 0
+    assert all(float(r["fit_s"]) > 0 and float(r["test_s"]) > 0 for r in rows)
+    assert all(float(r["k5_ci_low"]) <= float(r["k5_mean"]) <= float(r["k5_ci_high"]) for r in rows)
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1  # the baseline's worktree is gone again
