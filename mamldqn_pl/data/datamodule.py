@@ -64,8 +64,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
             found together are warm-started together, in one batched collection of learning_starts steps: one
             warm start per retired task costs about as much as a whole meta-step's collection, so checking every
             ~100 batches makes the data side about 30% cheaper, at the price of task lives up to that many
-            batches longer. Off by default: with 100 on configs/cartpole.yaml the last checkpoints of 5 seeds came
-            out worse (docs/results/seeds_retire_every_100.md).
+            batches longer. Off by default: with 100 on configs/cartpole.yaml, 5 seeds gave results no different
+            from the default's beyond the run-to-run chaos (last checkpoints 204 against 212 pooled,
+            docs/results/seeds_retire_every_100.md), and the default stays the validated configuration.
         support_from: where the support batch comes from: "random" (support_size transitions drawn from the
             buffer, disjoint from the query) or "warm_start" (each task's first support_size transitions, which
             are its warm start by the initialisation at epsilon_adapt: the meta-test support data; kept for the
