@@ -45,13 +45,7 @@ ROWS: list[tuple[str, str, str, str]] = []
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return paired_medians([fn], repeats)[0]
 
 
 def random_batch(n_tasks: int, n: int = 128) -> dict:
@@ -98,11 +92,6 @@ def loop_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
     return torch.autograd.grad(total / n_tasks, list(params.values()))
 
 
-def module_meta_grad(model: MAMLDQN, batch: dict) -> list[torch.Tensor]:
-    meta_loss, _, _ = model.meta_objective(batch, with_pre=False)
-    return torch.autograd.grad(meta_loss, list(model.net.parameters()))
-
-
 def bench_meta_step(repeats: int, task_counts: list[int]) -> None:
     for adapt in ("head", "all"):
         for first_order in (False, True):
@@ -110,9 +99,9 @@ def bench_meta_step(repeats: int, task_counts: list[int]) -> None:
                 torch.manual_seed(0)
                 model = MAMLDQN(algorithm="maml", adapt=adapt, first_order=first_order, inner_steps=3)
                 batch = random_batch(n_tasks)
-                err = max((a - b).abs().max().item() for a, b in zip(module_meta_grad(model, batch),
+                err = max((a - b).abs().max().item() for a, b in zip(meta_grads(model, batch),
                                                                       loop_meta_grad(model, batch)))
-                t_ours = median_time(partial(module_meta_grad, model, batch), repeats)
+                t_ours = median_time(partial(meta_grads, model, batch), repeats)
                 t_loop = median_time(partial(loop_meta_grad, model, batch), repeats)
                 order = "first" if first_order else "second"
                 ROWS.append((f"(a) meta-step, {adapt}, {order} order, {n_tasks} tasks, K=3",
@@ -185,7 +174,8 @@ def floor_pass(model: MAMLDQN, batch: dict) -> None:
         model.target_net(next_obs)
 
 
-def meta_grads(model: MAMLDQN, batch: dict, written_out: bool) -> list[torch.Tensor]:
+def meta_grads(model: MAMLDQN, batch: dict, written_out: bool = True) -> list[torch.Tensor]:
+    """Meta-gradient of the module's objective (its fast paths), or of the reference one with written_out=False."""
     meta_loss = model.meta_objective(batch, with_pre=False)[0] if written_out else torch_func_objective(model, batch)
     return torch.autograd.grad(meta_loss, list(model.net.parameters()))
 

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import ROOT, readme_table
+from runs import ROOT, readme_table, trained_budget
 
 from mamldqn_pl.report import write_csv
 
@@ -43,8 +43,8 @@ def make_run(tree: Path, run_dir: Path, steps: int) -> dict:
         times[command] = time.time() - start
     with open(run_dir / "adaptation.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["init"] == "meta-init" and r["k"] == "5"]
-    budget = sorted({int(r["budget"]) for r in rows})[len({r["budget"] for r in rows}) // 2]  # the trained budget
-    pick = {r["group"]: r for r in rows if int(r["budget"]) == budget}
+    budget = trained_budget(rows)
+    pick = {r["group"]: r for r in rows if r["budget"] == budget}
     return {"fit_s": round(times["fit"], 1), "test_s": round(times["test"], 1),
             "total_s": round(times["fit"] + times["test"], 1), "k5_mean": round(float(pick["all"]["mean"]), 1),
             "k5_ci_low": round(float(pick["all"]["ci_low"]), 1), "k5_ci_high": round(float(pick["all"]["ci_high"]), 1),

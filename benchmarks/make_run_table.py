@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 
-from runs import ROOT, readme_table
+from runs import ROOT, readme_table, trained_budget
 
 
 def main() -> None:
     with open(ROOT / "docs/adaptation.csv") as f:
         rows = list(csv.DictReader(f))
-    budgets = sorted({int(r["budget"]) for r in rows})
-    budget = str(budgets[len(budgets) // 2])  # test's budgets: adapt_budget x (1/4, 1/2, 1, 2); the trained one
+    budget = trained_budget(rows)
     cell = {(r["init"], r["group"], r["k"]): f"{float(r['mean']):.0f} [{float(r['ci_low']):.0f}, "
             f"{float(r['ci_high']):.0f}]" for r in rows if r["budget"] == budget}
     ks = sorted({r["k"] for r in rows}, key=int)

@@ -39,3 +39,9 @@ def readme_table(name: str, table: str) -> None:
     path = ROOT / "README.md"
     marker = re.compile(rf"(<!-- {re.escape(name)}\.md -->\n)(?:.*?\n)?(<!-- /{re.escape(name)}\.md -->)", re.S)
     path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), path.read_text()))
+
+
+def trained_budget(rows: list[dict]) -> str:
+    """The trained budget among an adaptation.csv's rows: `test` runs adapt_budget x (1/4, 1/2, 1, 2)."""
+    budgets = sorted({int(r["budget"]) for r in rows})
+    return str(budgets[len(budgets) // 2])

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from test_meta import make_batches
 from test_mixed import MEMBERS
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
@@ -16,13 +17,8 @@ T, N, M = 6, 20, 28
 
 
 def batches(seed: int, n_actions: int):
-    g = torch.Generator().manual_seed(seed)
-
-    def one(n):
-        return {"obs": torch.randn(T, n, 4, generator=g) * 2.0,
-                "actions": torch.randint(n_actions, (T, n), generator=g),
-                "target": torch.randn(T, n, generator=g) * 3.0 + 1.0}  # errors both inside and outside Huber's |e|<1
-    return one(N), one(M)
+    """Obs and targets large enough that TD errors fall both inside and outside Huber's |e| < 1."""
+    return make_batches(seed, n_actions, obs_scale=2.0, target_scale=3.0, tasks=T, n_support=N, n_query=M)
 
 
 def losses_and_grads(net: QNetwork, inner: InnerLoop, support: dict, query: dict, adapt: str = "head"):

@@ -10,13 +10,13 @@ T, N, LR, K = 5, 24, 0.05, 3
 
 
 def make_batches(seed: int = 0, n_actions: int = 2, obs_scale: float = 1.0, target_scale: float = 1.0,
-                 target_offset: float = 1.0):
+                 target_offset: float = 1.0, tasks: int = T, n_support: int = N, n_query: int = N):
     g = torch.Generator().manual_seed(seed)
-    def one():
-        return {"obs": torch.randn(T, N, 4, generator=g) * obs_scale,
-                "actions": torch.randint(n_actions, (T, N), generator=g),
-                "target": torch.randn(T, N, generator=g) * target_scale + target_offset}
-    return one(), one()
+    def one(n):
+        return {"obs": torch.randn(tasks, n, 4, generator=g) * obs_scale,
+                "actions": torch.randint(n_actions, (tasks, n), generator=g),
+                "target": torch.randn(tasks, n, generator=g) * target_scale + target_offset}
+    return one(n_support), one(n_query)
 
 
 def inner_batch(split, data):

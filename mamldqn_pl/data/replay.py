@@ -66,7 +66,8 @@ class ReplayBuffers:
         keys = torch.rand(len(tasks), self.capacity, generator=generator)
         keys[torch.arange(self.capacity).unsqueeze(0) >= self.size[tasks].unsqueeze(1)] = 2.0  # empty slots last
         slots = keys.topk(need, dim=1, largest=False).indices  # the `need` smallest keys, in key order
-        return self.gather(tasks, slots[:, :n_support]), self.gather(tasks, slots[:, n_support:])
+        both = self.gather(tasks, slots)  # one gather; support and query are its two halves
+        return {k: v[:, :n_support] for k, v in both.items()}, {k: v[:, n_support:] for k, v in both.items()}
 
     def sample_after_first(self, tasks: Tensor, n_support: int, n_query: int,
                            generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

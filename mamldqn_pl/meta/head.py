@@ -17,21 +17,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mamldqn_pl.meta.td import pointwise_td_loss
 
-def _derivatives(error: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+
+def td_derivatives(error: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     """h'(e) and h''(e) of the per-element TD loss h (smooth L1 with beta 1, or squared error)."""
     if kind == "huber":
         return error.clamp(-1.0, 1.0), (error.abs() < 1.0).to(error.dtype)
     return 2.0 * error, torch.full_like(error, 2.0)
 
 
-def _loss(error: Tensor, kind: str) -> Tensor:
-    if kind == "huber":
-        return torch.nn.functional.smooth_l1_loss(error, torch.zeros_like(error), reduction="none")
-    return error * error
-
-
-def _q_sa(x: Tensor, w: Tensor, b: Tensor, onehot: Tensor) -> Tensor:
+def taken_q(x: Tensor, w: Tensor, b: Tensor, onehot: Tensor) -> Tensor:
     """Q(s, a) of the taken actions: (x W^T + b) gathered by a one-hot mask, [T, N]."""
     return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)).mul_(onehot).sum(-1)
 
@@ -53,8 +49,8 @@ class LinearHeadMetaLoss(torch.autograd.Function):
         curvatures, ps = [], []
         coef_s = scale_s.unsqueeze(1) / xs.shape[1]
         for _ in range(len(query_weights) - 1):
-            error = _q_sa(xs, ws[-1], bs[-1], onehot_s) - ys
-            slope, curvature = _derivatives(error, kind)
+            error = taken_q(xs, ws[-1], bs[-1], onehot_s) - ys
+            slope, curvature = td_derivatives(error, kind)
             p = onehot_s * (slope * coef_s).unsqueeze(-1)  # [T, N, A]: d(support loss)/dQ
             ws.append(ws[-1] - lr * torch.bmm(p.transpose(1, 2), xs))
             bs.append(bs[-1] - lr * p.sum(1))
@@ -64,9 +60,9 @@ class LinearHeadMetaLoss(torch.autograd.Function):
         slopes_q = {}
         for j, weight in enumerate(query_weights):
             if weight:
-                eq = _q_sa(xq, ws[j], bs[j], onehot_q) - yq
-                losses = losses + weight * _loss(eq, kind).mean(1)
-                slopes_q[j] = _derivatives(eq, kind)[0]
+                q_sa = taken_q(xq, ws[j], bs[j], onehot_q)
+                losses = losses + weight * pointwise_td_loss(q_sa, yq, kind).mean(1)
+                slopes_q[j] = td_derivatives(q_sa - yq, kind)[0]
         ctx.save_for_backward(xs, onehot_s, xq, onehot_q, scale_s, scale_q)
         # intermediates of the K steps, kept for the backward (small: [T, A, F] and [T, N] each)
         ctx.ws, ctx.curvatures, ctx.ps, ctx.slopes_q = ws, curvatures, ps, slopes_q

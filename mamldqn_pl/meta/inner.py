@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mamldqn_pl.meta.head import linear_head_meta_losses
+from mamldqn_pl.meta.head import linear_head_meta_losses, taken_q, td_derivatives
 from mamldqn_pl.meta.qnet import FastWeights, QFn
-from mamldqn_pl.meta.td import td_loss
+from mamldqn_pl.meta.td import pointwise_td_loss
 
 Batch = dict[str, Tensor]
 LINEAR_HEAD = {"head.weight", "head.bias"}  # the fast weights of head-only adaptation (ANIL)
@@ -46,9 +46,15 @@ class InnerLoop:
     written_out: bool = True
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
-        loss = td_loss(q_fn(fast, batch["x"]), batch["actions"], batch["target"], self.loss)
+        return self.per_task_loss(q_fn(fast, batch["x"]), batch)
+
+    def per_task_loss(self, q: Tensor, batch: Batch) -> Tensor:
+        """The TD loss, mean over the transitions: of one task (q [N, A] -> a scalar) or of each of many
+        (q [T, N, A] -> [T]); with `normalize` divided by the task's value scale."""
+        q_sa = q.gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+        loss = pointwise_td_loss(q_sa, batch["target"], self.loss).mean(-1)
         if self.normalize:
-            loss = loss / (batch["target"].abs().mean() + 1.0).detach()
+            loss = loss / (batch["target"].abs().mean(-1) + 1.0).detach()
         return loss
 
     def step_sizes(self, fast: FastWeights, k: int) -> dict[str, Tensor | float]:
@@ -67,19 +73,20 @@ class InnerLoop:
 
     def linear_head_step(self, fast: FastWeights, batch: Batch, k: int = 0) -> FastWeights:
         """Step k for many tasks at once when the fast part is the linear head (ANIL): fast holds head.weight
-        [m, A, F] and head.bias [m, A], batch x [m, N, F]. The TD loss's gradient is written out (Huber:
-        clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals `step` under vmap (tested).
-        For evaluation and collection, where no meta-gradient flows through the inner loop."""
+        [m, A, F] and head.bias [m, A], batch x [m, N, F]. The TD loss's gradient is written out with
+        `meta.head`'s pieces (Huber: clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals
+        `step` under vmap (tested). For evaluation and collection, where no meta-gradient flows through the inner
+        loop."""
         w, b = fast["head.weight"], fast["head.bias"]
-        x, actions, target = batch["x"], batch["actions"], batch["target"]
-        q_sa = (torch.einsum("mnf,maf->mna", x, w) + b.unsqueeze(1)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        error = q_sa - target
-        d = (error.clamp(-1.0, 1.0) if self.loss == "huber" else 2.0 * error) / error.shape[1]
+        x, target = batch["x"], batch["target"]
+        onehot = torch.nn.functional.one_hot(batch["actions"], w.shape[1]).to(x.dtype)
+        error = taken_q(x, w, b, onehot) - target
+        d = td_derivatives(error, self.loss)[0] / error.shape[1]
         if self.normalize:
             d = d / (target.abs().mean(dim=1, keepdim=True) + 1.0)
-        per_action = torch.nn.functional.one_hot(actions, w.shape[1]).to(x.dtype) * d.unsqueeze(-1)  # [m, N, A]
+        per_action = onehot * d.unsqueeze(-1)  # [m, N, A]
         lrs = self.step_sizes(fast, k)
-        return {"head.weight": w - lrs["head.weight"] * torch.einsum("mna,mnf->maf", per_action, x),
+        return {"head.weight": w - lrs["head.weight"] * torch.bmm(per_action.transpose(1, 2), x),
                 "head.bias": b - lrs["head.bias"] * per_action.sum(dim=1)}
 
     def adapt(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> FastWeights:
@@ -127,18 +134,6 @@ class InnerLoop:
         if self.multi_step and self.steps:
             return total
         return self.per_task_loss(batched_q_fn(fast, query["x"]), query)
-
-    def per_task_loss(self, q: Tensor, batch: Batch) -> Tensor:
-        """`loss_of` for every task at once: q [T, N, A] -> [T]."""
-        q_sa = q.gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-        target = batch["target"]
-        if self.loss == "huber":
-            loss = torch.nn.functional.smooth_l1_loss(q_sa, target, reduction="none").mean(1)
-        else:
-            loss = torch.nn.functional.mse_loss(q_sa, target, reduction="none").mean(1)
-        if self.normalize:
-            loss = loss / (target.abs().mean(1) + 1.0).detach()
-        return loss
 
     def losses_before(self, q_fn: QFn, fast: FastWeights, query: Batch) -> Tensor:
         """Per-task losses of the unadapted weights, shape [tasks] (logging; the multitask objective)."""

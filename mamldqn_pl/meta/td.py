@@ -21,11 +21,16 @@ def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma:
         return rewards + gamma * (1.0 - terminated) * next_q_target.max(dim=-1).values
 
 
+def pointwise_td_loss(q_sa: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
+    """The TD loss of each transition, unreduced: smooth L1 (beta 1) or squared error of Q(s, a) to its target."""
+    if kind == "huber":
+        return F.smooth_l1_loss(q_sa, target, reduction="none")
+    if kind == "mse":
+        return F.mse_loss(q_sa, target, reduction="none")
+    raise ValueError(f"td loss must be one of {TD_LOSSES}, got {kind!r}")
+
+
 def td_loss(q: Tensor, actions: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
     """Mean TD error of Q(s, a) against a fixed target; `q` holds all actions' values, shape [..., N, A]."""
     q_sa = q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    if kind == "huber":
-        return F.smooth_l1_loss(q_sa, target)
-    if kind == "mse":
-        return F.mse_loss(q_sa, target)
-    raise ValueError(f"td loss must be one of {TD_LOSSES}, got {kind!r}")
+    return pointwise_td_loss(q_sa, target, kind).mean()
