@@ -9,7 +9,8 @@ For every config and training seed: `mamldqn fit` of the config (validation at K
 config with `model.algorithm multitask` (same network, data, budget; it fine-tunes what the config adapts). K is
 chosen per init on the validation tasks (the mean over seeds of the validation return at each K, at each run's
 best checkpoint); scratch is shown at the meta-init's K. Then the best checkpoints of all seeds and scratch run the
-meta-test protocol on the config's 20 held-out tasks x 3 evaluation seeds at the config's budget. Writes
+meta-test protocol on the config's 20 held-out tasks x 3 evaluation seeds at the config's budget, and so do the
+last checkpoints (column `checkpoint`: best, last, or - for scratch), at the same K. Writes
 docs/results/families.{csv,md,png}; the README table between the `<!-- families.md -->` markers is replaced.
 Runs go to lightning_logs/families/<config>[_<variant>]_<init>_s<seed>; finished runs are reused.
 """
@@ -45,8 +46,9 @@ TARGETS = {  # the issue's target at K <= 5, per group ("all" unless named)
 }
 KS = (0, 1, 3, 5)
 INITS = ("meta-init", "multitask")
-COLUMNS = ("config", "init", "group", "k", "budget", "n", "mean", "iqm", "ci_low", "ci_high", "chosen_k",
-           "val_at_chosen_k")
+CHECKPOINTS = ("best", "last")
+COLUMNS = ("config", "init", "checkpoint", "group", "k", "budget", "n", "mean", "iqm", "ci_low", "ci_high",
+           "chosen_k", "val_at_chosen_k")
 
 
 def run_name(config: str, variant: str, init: str, seed: int) -> str:
@@ -82,28 +84,43 @@ def choose_k(runs: list[Path]) -> tuple[int, float]:
 
 
 def evaluate(config: str, runs: dict[str, list[Path]], chosen: dict[str, tuple[int, float]], out: Path) -> list[dict]:
-    entries = [(init, str(run / "checkpoints" / "best.ckpt")) for init in INITS for run in runs[init]]
+    """Best-validation and last checkpoints of every run (K is chosen at the best checkpoints' validation
+    checks, and the same K is read for the last ones: selection must not be what makes a result)."""
+    entries = [(f"{init}@{ckpt}", str(run / "checkpoints" / f"{ckpt}.ckpt"))
+               for ckpt in CHECKPOINTS for init in INITS for run in runs[init]]
     budget = yaml.safe_load((runs["meta-init"][0] / "config.yaml").read_text())["data"]["adapt_budget"]
     summary = compare(entries, out, list(KS), [budget], [0, 1, 2], 5)
     chosen = {**chosen, "scratch": chosen["meta-init"]}
-    return [{"config": config, **{c: s[c] for c in COLUMNS[1:-2]}, "chosen_k": chosen[s["init"]][0],
-             "val_at_chosen_k": chosen[s["init"]][1] if s["init"] != "scratch" else ""} for s in summary]
+    rows = []
+    for s in summary:
+        init, _, ckpt = s["init"].partition("@")
+        rows.append({"config": config, **{c: s[c] for c in COLUMNS[3:-2]}, "init": init, "checkpoint": ckpt or "-",
+                     "chosen_k": chosen[init][0], "val_at_chosen_k": chosen[init][1] if init != "scratch" else ""})
+    return rows
 
 
 def markdown(rows: list[dict], seeds: int) -> str:
-    lines = ["| config | init | K (chosen on validation) | all tasks: mean [95% CI] | IQM | by group | target |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| config | init | K (chosen on validation) | best: mean [95% CI] | IQM | by group | "
+             "last: mean [95% CI] | by group | target |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def cells(at_k: list[dict], with_iqm: bool) -> str:
+        if not at_k:
+            return "- | - |" + (" - |" if with_iqm else "")
+        whole = next(r for r in at_k if r["group"] == "all")
+        groups = ", ".join(f"{r['group']} {r['mean']:.1f}" for r in at_k if r["group"] != "all")
+        iqm = f" {whole['iqm']:.1f} |" if with_iqm else ""
+        return f"{whole['mean']:.1f} [{whole['ci_low']:.1f}, {whole['ci_high']:.1f}] |{iqm} {groups or '-'} |"
+
     for config in dict.fromkeys(r["config"] for r in rows):
         for init in ("meta-init", "multitask", "scratch"):
             at_k = [r for r in rows if r["config"] == config and r["init"] == init and r["k"] == r["chosen_k"]]
             if not at_k:
                 continue
-            whole = next(r for r in at_k if r["group"] == "all")
-            groups = ", ".join(f"{r['group']} {r['mean']:.1f}" for r in at_k if r["group"] != "all")
+            best = [r for r in at_k if r.get("checkpoint", "best") in ("best", "-")]
+            last = [r for r in at_k if r.get("checkpoint") == "last"]
             n = f" ({seeds} seed{'s' if seeds > 1 else ''})" if init != "scratch" else ""
-            lines.append(f"| {config} | {init}{n} | {whole['k']} | "
-                         f"{whole['mean']:.1f} [{whole['ci_low']:.1f}, {whole['ci_high']:.1f}] | {whole['iqm']:.1f} | "
-                         f"{groups or '-'} | {TARGETS.get(config.split('+')[0], '') if init == 'meta-init' else ''} |")
+            lines.append(f"| {config} | {init}{n} | {at_k[0]['k']} | {cells(best, True)} {cells(last, False)} "
+                         f"{TARGETS.get(config.split('+')[0], '') if init == 'meta-init' else ''} |")
     return "\n".join(lines)
 
 
@@ -112,7 +129,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs), 3.4), squeeze=False)
     for ax, config in zip(axes[0], configs):
         for i, init in enumerate(("meta-init", "multitask", "scratch")):
-            pts = sorted((r for r in rows if r["config"] == config and r["init"] == init and r["group"] == "all"),
+            pts = sorted((r for r in rows if r["config"] == config and r["init"] == init and r["group"] == "all"
+                          and r.get("checkpoint", "best") in ("best", "-")),
                          key=lambda r: r["k"])
             if pts:
                 ks = np.array([p["k"] for p in pts]) + (i - 1) * 0.12
@@ -146,7 +164,7 @@ def main() -> None:
     if args.table_only:
         out = Path(args.out)
         with open(out / f"{args.name}.csv") as f:
-            rows = [{**r, **{c: int(r[c]) for c in ("k", "budget", "n", "chosen_k")},
+            rows = [{"checkpoint": "best", **r, **{c: int(r[c]) for c in ("k", "budget", "n", "chosen_k")},
                      **{c: float(r[c]) for c in ("mean", "iqm", "ci_low", "ci_high")}} for r in csv.DictReader(f)]
         write_outputs(rows, out, args.name, len(args.seeds))
         return

@@ -38,6 +38,9 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "families.csv")))
     assert {r["init"] for r in rows} == {"meta-init", "multitask", "scratch"}
+    assert {(r["init"], r["checkpoint"]) for r in rows} == {("meta-init", "best"), ("meta-init", "last"),
+                                                             ("multitask", "best"), ("multitask", "last"),
+                                                             ("scratch", "-")}  # last beside best, every run
     assert {r["group"] for r in rows} == {"all", "flip", "noflip"}
     assert {r["k"] for r in rows} == {"0", "1", "3", "5"}
     assert all(r["config"] == "acrobot_flip" and r["budget"] == "20" for r in rows)
