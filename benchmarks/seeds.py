@@ -67,6 +67,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
                                    "data.learning_starts": "512"},
     "retire_every_100_tasks_64": {"data.retire_every": "100", "data.tasks_per_batch": "64"},
     "retire_every_100_tau_cosine_0.001": {"data.retire_every": "100", "target_sync.tau_final": "0.001"},
+    # fourth session: n-step TD targets (reward reaches the values n times faster per bootstrap), and with them
+    # a slower target network (smooth with tau 0.001 above, but slow without n-step)
+    "n_step_3": {"data.n_step": "3"},
+    "n_step_3_tau_0.002": {"data.n_step": "3", "target_sync.tau": "0.002"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
@@ -94,7 +98,7 @@ def step_rate(run: Path) -> float:
 def evaluate(ckpt: Path, tasks: str = "test", ks=KS) -> tuple[int, list[dict]]:
     """The meta-test protocol's rows for one checkpoint at the trained budget, on its test (or val) tasks."""
     model, dm = load(str(ckpt))
-    protocol = Protocol(dm.hparams.adapt_budget, dm.hparams.epsilon_adapt, tuple(ks), 5, (0, 1, 2))
+    protocol = Protocol.of(dm.hparams, ks, 5, (0, 1, 2))
     net = model.init_net
     rows = evaluate_init(net, dict(net.named_parameters()), dm.family, getattr(dm, f"{tasks}_tasks"), model.adapt,
                          model.inner, model.hparams.gamma, protocol, label="meta-init")

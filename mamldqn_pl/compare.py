@@ -44,7 +44,7 @@ def compare(entries: list[tuple[str, str]], out: Path, ks: list[int], budgets: l
             raise ConfigError(f"{path}: its held-out test tasks differ from those of {entries[0][1]} (data.family, "
                               "ranges, test_ranges, test_seed and n_test_tasks must match)")
         for budget in eval_budgets(dm.hparams.adapt_budget, budgets):
-            protocol = Protocol(budget, dm.hparams.epsilon_adapt, tuple(ks), episodes, tuple(seeds))
+            protocol = Protocol.of(dm.hparams, ks, episodes, seeds, budget)
             net = model.init_net  # the EMA of theta when the run kept one
             part = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.test_tasks,
                                  model.adapt, model.inner, model.hparams.gamma, protocol, label=label)
@@ -52,7 +52,7 @@ def compare(entries: list[tuple[str, str]], out: Path, ks: list[int], budgets: l
     assert reference is not None and first is not None
     main = reference.hparams.adapt_budget
     for budget in eval_budgets(main, budgets):
-        protocol = Protocol(budget, reference.hparams.epsilon_adapt, tuple(ks), episodes, tuple(seeds))
+        protocol = Protocol.of(reference.hparams, ks, episodes, seeds, budget)
         rows += evaluate_scratch(first.net, reference.family, reference.test_tasks, first.adapt, first.inner,
                                  first.hparams.gamma, protocol)
     summary = summarize(rows)

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
-from mamldqn_pl.data.replay import FIELDS, ReplayBuffers
+from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
-from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
+from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target_of
 from mamldqn_pl.meta.inner import LINEAR_HEAD
 from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
 from mamldqn_pl.seeding import make_generator
@@ -35,12 +35,15 @@ class Protocol:
     ks: tuple[int, ...] = (0, 1, 3, 5, 10)
     episodes: int = 5
     seeds: tuple[int, ...] = (0, 1, 2)
+    n_step: int = 1  # the data's n-step windows: the support's TD targets are those the init was trained with
 
     @classmethod
     def of(cls, data, ks, episodes: int, seeds, budget: int | None = None) -> Protocol:
-        """The protocol with a data module's support budget (or `budget`) and exploration (`data`: its hparams)."""
+        """The protocol with a data module's support budget (or `budget`), exploration and n-step windows
+        (`data`: its hparams; checkpoints from before data.n_step mean 1)."""
         return cls(adapt_budget=data["adapt_budget"] if budget is None else budget,
-                   epsilon_adapt=data["epsilon_adapt"], ks=tuple(ks), episodes=episodes, seeds=tuple(seeds))
+                   epsilon_adapt=data["epsilon_adapt"], ks=tuple(ks), episodes=episodes, seeds=tuple(seeds),
+                   n_step=int(data.get("n_step", 1)))
 
 
 def eval_budgets(main: int, budgets: Sequence[int] | None = None) -> list[int]:
@@ -98,16 +101,14 @@ def collect(collector: Collector, q_fn, steps: int, epsilon: float) -> None:
 def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.ndarray, n_actions: int, q_target,
                   gamma: float, device: torch.device) -> dict[str, Tensor]:
     """Every transition in each slot's buffer as one inner-loop batch; TD targets from `q_target` (the frozen
-    initialisation). All slots hold the same number of transitions."""
-    size = int(buffers.size.max())
-    data = {name: getattr(buffers, name)[:, :size].to(device) for name in FIELDS}
+    initialisation), n-step when the buffers keep windows. All slots hold the same number of transitions."""
+    data = {name: value.to(device) for name, value in buffers.sequence().items()}
     valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions)
     with torch.no_grad():
         return {
             "x": split.encode(data["obs"]),
             "actions": data["actions"],
-            "target": td_target(data["rewards"], data["terminated"], q_target(data["next_obs"]), gamma,
-                                valid.unsqueeze(1)),
+            "target": td_target_of(data, q_target(data["next_obs"]), gamma, valid.unsqueeze(1)),
         }
 
 
@@ -151,7 +152,7 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
         support = None
         if protocol.adapt_budget > 0:
             env = family.batched(slots, generator)
-            buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim)
+            buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim, n_step=protocol.n_step)
             collect(Collector(env, buffers, generator), q_init, protocol.adapt_budget, protocol.epsilon_adapt)
             support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, gamma, device)
         rep = torch.arange(n).repeat_interleave(protocol.episodes)

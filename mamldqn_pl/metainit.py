@@ -156,7 +156,8 @@ class MetaInit:
         limit = env.spec.max_episode_steps if env.spec is not None and env.spec.max_episode_steps else 1000
         spec = SimpleNamespace(obs_dim=self.obs_dim, n_actions=self.n_actions, max_episode_steps=limit)
         venv = GymVectorEnv(spec, [Task({})], generator, envs=[env])
-        buffers = ReplayBuffers(1, max(budget * rounds, 1), self.obs_dim)
+        n_step = int(self.data.get("n_step", 1))  # the TD targets the init was trained with
+        buffers = ReplayBuffers(1, max(budget * rounds, 1), self.obs_dim, n_step=n_step)
         collector = Collector(venv, buffers, generator)
 
         def q_init(obs: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
-from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target
+from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target_of
 from mamldqn_pl.meta.qnet import AdaptSplit
 
 # algorithm -> (which parameters adapt, first order) it implies
@@ -222,8 +222,7 @@ class MAMLDQN(pl.LightningModule):
         return {
             "x": split.encode(data["obs"]),
             "actions": data["actions"],
-            "target": td_target(data["rewards"], data["terminated"], next_q, self.hparams.gamma,
-                                None if mask is None else mask.unsqueeze(1)),
+            "target": td_target_of(data, next_q, self.hparams.gamma, None if mask is None else mask.unsqueeze(1)),
         }
 
     def _support_and_query(self, split: AdaptSplit, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

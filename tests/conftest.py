@@ -20,7 +20,8 @@ TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progr
 # Exact resume with every mechanism on (the default config collects with adapted policies); a run stopped at 10
 # and resumed to 20 must follow the 20-step run's cosine rate: give both the same horizon.
 RESUME_ARGS = [*TINY, "--meta_val.every_n_steps", "5", "--trainer.limit_train_batches", "7",
-               "--model.ema_decay", "0.9", "--model.meta_lr_schedule", "cosine", "--model.meta_lr_horizon", "20"]
+               "--model.ema_decay", "0.9", "--model.meta_lr_schedule", "cosine", "--model.meta_lr_horizon", "20",
+               "--data.n_step", "3"]
 
 
 def mamldqn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -66,11 +66,11 @@ class Collector:
         actions = epsilon_greedy(q_values(obs), epsilon, self.generator, counts)
         next_obs, reward, terminated, truncated = self.env.step(actions.numpy(), slots)
         tasks = torch.as_tensor(slots)
+        done = torch.from_numpy(terminated | truncated)
         self.buffers.add(tasks, obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
-                         torch.from_numpy(terminated))
+                         torch.from_numpy(terminated), done)
         self.env_steps[tasks] += 1
         self.running_return[tasks] += torch.from_numpy(reward).double()
-        done = torch.from_numpy(terminated | truncated)
         if done.any():
             self.finished_returns.extend(self.running_return[tasks[done]].tolist())
             self.running_return[tasks[done]] = 0.0

@@ -74,6 +74,10 @@ class MetaDQNDataModule(pl.LightningDataModule):
         collect_adapted: share of each meta-step's sampled tasks that collect with their own adapted policy
             (epsilon-greedy on theta after the inner loop on a support batch of that task) instead of theta's.
             The query data then also covers the states that the adapted policy visits, as at meta-test.
+        n_step: TD targets over this many consecutive transitions of an episode (1: plain one-step DQN). Each
+            sampled transition carries the next n_step - 1 rewards of its episode (ReplayBuffers); the same
+            holds for the meta-test support. Reward reaches the values n times faster per bootstrap, which
+            matters where it is sparse (MountainCar, Acrobot) and makes the targets lean less on theta^-.
         n_val_tasks, n_test_tasks: sizes of the validation and held-out test task sets.
         train_seed, val_seed, test_seed: seeds of the three task sets (must differ).
     """
@@ -100,6 +104,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         retire_every: int = 1,
         support_from: str = "random",
         collect_adapted: float = 0.0,
+        n_step: int = 1,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
         train_seed: int = 0,
@@ -143,6 +148,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
             require(buffer_capacity > learning_starts, f"data.buffer_capacity: {buffer_capacity} must exceed "
                     f"data.learning_starts = {learning_starts} with support_from warm_start")
         require(0.0 <= collect_adapted <= 1.0, f"data.collect_adapted: {collect_adapted} must lie in [0, 1]")
+        require(isinstance(n_step, int) and n_step >= 1, f"data.n_step: {n_step!r} must be an integer >= 1")
         require(len({train_seed, val_seed, test_seed}) == 3,
                 f"data seeds must differ: train {train_seed}, val {val_seed}, test {test_seed}")
         self.obs_dim = self.family.obs_dim
@@ -179,7 +185,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.env = self.family.batched(self.pool, make_generator(hp.train_seed, run_seed, rank, salt, 2))
         self.batches = 0
         keep = hp.adapt_budget if hp.support_from == "warm_start" else 0
-        self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim, keep_first=keep)
+        self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim, keep_first=keep,
+                                     n_step=hp.n_step)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
         self._built = True

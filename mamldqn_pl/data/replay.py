@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+STORED = (*FIELDS, "ended", "stamp")  # ended: the episode ended there (terminated or truncated); stamp: write order
 
 
 class ReplayBuffers:
@@ -13,30 +14,47 @@ class ReplayBuffers:
 
     With `keep_first` > 0 the ring wraps to slot keep_first instead of 0: each task's first transitions (its
     warm start, collected exactly like meta-test support) are never overwritten.
+
+    With `n_step` > 1 every sampled transition also carries the rewards of the next n_step - 1 transitions of
+    its episode ("reward_window" [..., n_step], zeros past the window's end, and "steps", how many it holds),
+    and its next_obs and terminated are those of the window's last transition. The window ends early at the
+    episode's end or at the newest transition written; the TD target (meta.td.td_target_of) discounts by what
+    it holds. The buffer keeps one transition per env step, so sizes, disjointness and warm starts are those
+    of n_step 1; only gamma stays with the model.
     """
 
-    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, keep_first: int = 0) -> None:
+    def __init__(self, n_tasks: int, capacity: int, obs_dim: int, keep_first: int = 0, n_step: int = 1) -> None:
         if not 0 <= keep_first < capacity:
             raise ValueError(f"keep_first {keep_first} must lie in [0, capacity {capacity})")
+        if n_step < 1:
+            raise ValueError(f"n_step {n_step} must be >= 1")
         self.capacity = capacity
         self.keep_first = keep_first
+        self.n_step = n_step
         self.obs = torch.zeros(n_tasks, capacity, obs_dim)
         self.next_obs = torch.zeros(n_tasks, capacity, obs_dim)
         self.actions = torch.zeros(n_tasks, capacity, dtype=torch.long)
         self.rewards = torch.zeros(n_tasks, capacity)
         self.terminated = torch.zeros(n_tasks, capacity)
+        self.ended = torch.zeros(n_tasks, capacity, dtype=torch.bool)
+        self.stamp = torch.full((n_tasks, capacity), -1, dtype=torch.long)  # which write of the buffer it is
+        self.writes = torch.zeros(n_tasks, dtype=torch.long)  # never reset: old stamps never look current
         self.pos = torch.zeros(n_tasks, dtype=torch.long)
         self.size = torch.zeros(n_tasks, dtype=torch.long)
 
     def add(self, tasks: Tensor, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
-            terminated: Tensor) -> None:
-        """Append one transition to each of the (distinct) buffers `tasks`."""
+            terminated: Tensor, ended: Tensor | None = None) -> None:
+        """Append one transition to each of the (distinct) buffers `tasks`; `ended`: the episode ended with
+        it (terminated or truncated; default: terminated), which stops n-step windows there."""
         pos = self.pos[tasks]
         self.obs[tasks, pos] = obs
         self.actions[tasks, pos] = actions
         self.rewards[tasks, pos] = rewards
         self.next_obs[tasks, pos] = next_obs
         self.terminated[tasks, pos] = terminated.float()
+        self.ended[tasks, pos] = (terminated if ended is None else ended).bool()
+        self.stamp[tasks, pos] = self.writes[tasks]
+        self.writes[tasks] += 1
         self.pos[tasks] = torch.where(pos + 1 >= self.capacity, self.keep_first, pos + 1)
         self.size[tasks] = torch.clamp(self.size[tasks] + 1, max=self.capacity)
 
@@ -53,7 +71,41 @@ class ReplayBuffers:
             field = getattr(self, name)
             picked = field.reshape(-1, *field.shape[2:]).index_select(0, flat)
             out[name] = picked.view(*slots.shape, *field.shape[2:])
+        if self.n_step > 1:
+            out.update(self._windows(tasks, slots, flat))
         return out
+
+    def _windows(self, tasks: Tensor, slots: Tensor, flat: Tensor) -> dict[str, Tensor]:
+        """The n-step window of each transition at `flat`: a later slot belongs to it when it holds the very
+        next write of the buffer (not yet overwritten, already written) and no earlier one ended the episode."""
+        stamp, ended, rewards = self.stamp.view(-1), self.ended.view(-1), self.rewards.view(-1)
+        first, base = stamp[flat], (tasks.unsqueeze(1) * self.capacity).expand_as(slots).reshape(-1)
+        window, last = [rewards[flat]], flat
+        steps = torch.ones_like(flat)
+        going = ~ended[flat]
+        slot = slots.reshape(-1)
+        for j in range(1, self.n_step):
+            slot = torch.where(slot + 1 >= self.capacity, self.keep_first, slot + 1)
+            at = base + slot
+            going = going & (stamp[at] == first + j)
+            window.append(torch.where(going, rewards[at], 0.0))
+            last = torch.where(going, at, last)
+            steps += going.long()
+            going = going & ~ended[at]
+        shape = slots.shape
+        return {"reward_window": torch.stack(window, dim=-1).view(*shape, self.n_step),
+                "steps": steps.view(shape),
+                "next_obs": self.next_obs.view(-1, self.next_obs.shape[-1]).index_select(0, last).view(*shape, -1),
+                "terminated": self.terminated.view(-1).index_select(0, last).view(shape)}
+
+    def sequence(self) -> dict[str, Tensor]:
+        """Every buffer's transitions in slot order (all buffers hold the same number; none has wrapped), as
+        `gather` gives them: the meta-test support batch."""
+        size = int(self.size.max())
+        if bool((self.size != size).any()) or bool((self.writes > self.capacity).any()):
+            raise RuntimeError("sequence() needs buffers of equal size that have not wrapped")
+        n = len(self.size)
+        return self.gather(torch.arange(n), torch.arange(size).expand(n, size))
 
     def sample_disjoint(
         self, tasks: Tensor, n_support: int, n_query: int, generator: torch.Generator
@@ -87,9 +139,13 @@ class ReplayBuffers:
         return self.gather(tasks, first), self.gather(tasks, query)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name).clone() for name in (*FIELDS, "pos", "size")}
+        return {name: getattr(self, name).clone() for name in (*STORED, "writes", "pos", "size")}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Checkpoints from before n-step windows lack `ended`/`stamp`/`writes`: n_step 1 never reads them."""
+        if self.n_step > 1 and "stamp" not in state:
+            raise ValueError("n_step > 1 needs a checkpoint with episode ends and write stamps (written with "
+                             "data.n_step); this one has none")
         for name, value in state.items():
             current = getattr(self, name)
             if current.shape != value.shape:

@@ -21,6 +21,29 @@ def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma:
         return rewards + gamma * (1.0 - terminated) * next_q_target.max(dim=-1).values
 
 
+def n_step_td_target(reward_window: Tensor, steps: Tensor, terminated: Tensor, next_q_target: Tensor,
+                     gamma: float, action_mask: Tensor | None = None) -> Tensor:
+    """sum_{j<k} gamma^j r_{t+j} + gamma^k (1 - terminated) max_a' Q(s_{t+k}, a'; theta^-), with k = `steps`
+    the transitions the window holds (rewards past them are zero) and s_{t+k}, terminated those of its last."""
+    with torch.no_grad():
+        n = reward_window.shape[-1]
+        powers = torch.arange(n, device=reward_window.device, dtype=reward_window.dtype)
+        returns = (reward_window * gamma ** powers).sum(dim=-1)
+        bootstrap = torch.full_like(returns, gamma) ** steps.to(returns.dtype)
+        if action_mask is not None:
+            next_q_target = next_q_target.masked_fill(~action_mask, float("-inf"))
+        return returns + bootstrap * (1.0 - terminated) * next_q_target.max(dim=-1).values
+
+
+def td_target_of(data: dict[str, Tensor], next_q_target: Tensor, gamma: float,
+                 action_mask: Tensor | None = None) -> Tensor:
+    """The TD target of a sampled batch: n-step when the buffer gave reward windows (data.n_step > 1)."""
+    if "reward_window" in data:
+        return n_step_td_target(data["reward_window"], data["steps"], data["terminated"], next_q_target, gamma,
+                                action_mask)
+    return td_target(data["rewards"], data["terminated"], next_q_target, gamma, action_mask)
+
+
 def pointwise_td_loss(q_sa: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
     """The TD loss of each transition, unreduced: smooth L1 (beta 1) or squared error of Q(s, a) to its target."""
     if kind == "huber":
