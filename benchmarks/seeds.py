@@ -71,6 +71,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     # a slower target network (smooth with tau 0.001 above, but slow without n-step)
     "n_step_3": {"data.n_step": "3"},
     "n_step_3_tau_0.002": {"data.n_step": "3", "target_sync.tau": "0.002"},
+    # half of the pool's slots always collect with their adapted policy (their episodes run long, as at
+    # meta-test), instead of a random half of each meta-step's tasks (a task's episode then switches policies)
+    "adapted_per_task": {"data.collect_adapted_per": "task"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",

@@ -51,11 +51,13 @@ def test_cosine_meta_learning_rate_falls_to_its_floor_over_the_horizon(horizon):
     assert abs(model.meta_lr_at(steps) - 1e-4) < 1e-12 and snaps.lr[0] == 1e-3
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "anil"])  # vmapped networks; ANIL's shared body + per-task heads
-def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_writes_them_back(algorithm):
+@pytest.mark.parametrize(("algorithm", "per"), [("maml", "meta_step"), ("anil", "meta_step"), ("anil", "task")])
+def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_writes_them_back(algorithm, per):
+    """maml: vmapped networks; anil: a shared body and per-task heads. per "task": slots 0-3 of the 8 always
+    collect with their adapted policy, 4-7 with theta, whichever of them a meta-step draws."""
     torch.manual_seed(0)
     model = MAMLDQN(hidden=[16, 16], algorithm=algorithm, inner_steps=2, inner_lr=0.5)
-    dm = MetaDQNDataModule(**{**SMALL_DATA, "collect_adapted": 0.5, "collect_steps": 1})
+    dm = MetaDQNDataModule(**{**SMALL_DATA, "collect_adapted": 0.5, "collect_steps": 1, "collect_adapted_per": per})
     dm._build(rank=0)
     seen = {}
 
@@ -67,18 +69,27 @@ def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_write
     dm.next_batch()  # warm start, then the first collection
     calls, step = [], dm.collector.step
     dm.collector.step = lambda slots, q, eps: (calls.append((slots.copy(), q)), step(slots, q, eps))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    dm.next_batch()
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k  # theta, theta^- untouched
-    assert all(p.grad is None for p in model.parameters())
-    ((slots, _),) = calls  # one collection step, all 4 tasks
-    own, rest = slots[:2], slots[2:]  # collect_adapted 0.5 of 4: the first 2 of the random draw
+    for _ in range(20):  # until a draw holds both kinds of task
+        calls.clear()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        dm.next_batch()
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k  # theta, theta^- untouched
+        assert all(p.grad is None for p in model.parameters())
+        ((slots, _),) = calls  # one collection step, all 4 tasks
+        if per == "meta_step":
+            own, rest = slots[:2], slots[2:]  # collect_adapted 0.5 of 4: the first 2 of the random draw
+        else:
+            own, rest = slots[slots < 4], slots[slots >= 4]
+            assert slots.tolist() == [*own.tolist(), *rest.tolist()]  # the adapted slots act first
+        if len(own) and len(rest):
+            break
+    assert len(own) and len(rest)
     # expected: a plain per-task inner loop (no vmap) on the same support data, then the greedy action
     params = {k: v.detach() for k, v in model.net.named_parameters()}
     split = split_for_adaptation(model.net, params, model.adapt)
     batch = model._inner_batch(split, seen["support"], seen["mask"])
-    assert len(seen["support"]["obs"]) == 2
+    assert len(seen["support"]["obs"]) == len(own)
     for i, task in enumerate(own.tolist()):
         fast = model.inner.adapt(split.q_fn, split.fast, {k: v[i] for k, v in batch.items()})
         slot = int((dm.buffers.pos[task] - 1) % dm.buffers.capacity)

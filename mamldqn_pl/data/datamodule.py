@@ -74,6 +74,11 @@ class MetaDQNDataModule(pl.LightningDataModule):
         collect_adapted: share of each meta-step's sampled tasks that collect with their own adapted policy
             (epsilon-greedy on theta after the inner loop on a support batch of that task) instead of theta's.
             The query data then also covers the states that the adapted policy visits, as at meta-test.
+        collect_adapted_per: "meta_step": each meta-step picks collect_adapted of its sampled tasks at random to act
+            with their adapted policy, so a task's episodes switch between theta and its adapted policy from one
+            meta-step to the next (a flipped task's episode ends as soon as theta acts); "task": the first
+            collect_adapted share of the pool's slots always act with their adapted policy and the rest with
+            theta, so adapted episodes run as long as the adapted policy keeps them going, as at meta-test.
         n_step: TD targets over this many consecutive transitions of an episode (1: plain one-step DQN). Each
             sampled transition carries the next n_step - 1 rewards of its episode (ReplayBuffers); the same
             holds for the meta-test support. Reward reaches the values n times faster per bootstrap, which
@@ -104,6 +109,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         retire_every: int = 1,
         support_from: str = "random",
         collect_adapted: float = 0.0,
+        collect_adapted_per: str = "meta_step",
         n_step: int = 1,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
@@ -149,6 +155,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
                     f"data.learning_starts = {learning_starts} with support_from warm_start")
         require(0.0 <= collect_adapted <= 1.0, f"data.collect_adapted: {collect_adapted} must lie in [0, 1]")
         require(isinstance(n_step, int) and n_step >= 1, f"data.n_step: {n_step!r} must be an integer >= 1")
+        require(collect_adapted_per in ("meta_step", "task"),
+                f"data.collect_adapted_per: {collect_adapted_per!r}; allowed: meta_step, task")
         require(len({train_seed, val_seed, test_seed}) == 3,
                 f"data seeds must differ: train {train_seed}, val {val_seed}, test {test_seed}")
         self.obs_dim = self.family.obs_dim
@@ -189,6 +197,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
                                      n_step=hp.n_step)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
+        # collect_adapted_per task: which slots always collect with their adapted policy
+        self.adapted_slots = torch.arange(hp.pool_size) < round(hp.collect_adapted * hp.pool_size)
         self._built = True
 
     def train_dataloader(self) -> DataLoader:
@@ -234,9 +244,16 @@ class MetaDQNDataModule(pl.LightningDataModule):
 
     def _collect(self, tasks: torch.Tensor, counts: torch.Tensor) -> None:
         """collect_steps env steps in each sampled task: the first collect_adapted share of them (a random
-        subset: `tasks` is a random draw) acts with its adapted policy, the rest with theta's."""
+        subset: `tasks` is a random draw), or with collect_adapted_per "task" those in the adapted slots, act
+        with their adapted policy, the rest with theta's."""
         hp = self.hparams
-        q_values, n_adapted = self._q_values, round(hp.collect_adapted * len(tasks))
+        if hp.collect_adapted_per == "task":  # the adapted slots first, in the order they were drawn
+            first = self.adapted_slots[tasks]
+            order = torch.cat([first.nonzero().flatten(), (~first).nonzero().flatten()])
+            tasks, counts, n_adapted = tasks[order], counts[order], int(first.sum())
+        else:
+            n_adapted = round(hp.collect_adapted * len(tasks))
+        q_values = self._q_values
         if n_adapted:
             if self._adapted_q_values is None:
                 raise RuntimeError("data.collect_adapted > 0 needs the module's adapted policy (attach_policy)")
