@@ -74,6 +74,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     # half of the pool's slots always collect with their adapted policy (their episodes run long, as at
     # meta-test), instead of a random half of each meta-step's tasks (a task's episode then switches policies)
     "adapted_per_task": {"data.collect_adapted_per": "task"},
+    # on top of it (the default since then): now that the curves are smooth, does a settling schedule or an
+    # average of theta make the last checkpoint as good as the best?
+    "apt_cosine": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine"},
+    "apt_ema": {"data.collect_adapted_per": "task", "model.ema_decay": "0.998"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
