@@ -36,12 +36,16 @@ K = 3  # the trained K of configs/cartpole.yaml, fixed before any result was see
 K_ALSO = 5  # shown beside it: chosen afterwards on validation tasks (adaptation alternates between odd and even K)
 KS = (0, 1, 3, 5)
 CONFIG = ROOT / "configs/cartpole.yaml"
-EMA_COSINE = {"model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine"}
-ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (which collects with adapted policies)
-    "default": {},
-    "no_adapted_collection": {"data.collect_adapted": "0"},  # the settings before issue 10
-    "plus_ema": {"model.ema_decay": "0.998"},
-    "plus_cosine": {"model.meta_lr_schedule": "cosine"},
+# The default config up to the third session: each meta-step's random half of tasks collects with adapted
+# policies. configs/cartpole.yaml now has collect_adapted_per task (fourth session); the variants measured before
+# it keep their meaning (and their cached runs) by naming the old setting.
+PREVIOUS = {"data.collect_adapted_per": "meta_step"}
+EMA_COSINE = {**PREVIOUS, "model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine"}
+ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
+    "default": PREVIOUS,
+    "no_adapted_collection": {**PREVIOUS, "data.collect_adapted": "0"},  # the settings before issue 10
+    "plus_ema": {**PREVIOUS, "model.ema_decay": "0.998"},
+    "plus_cosine": {**PREVIOUS, "model.meta_lr_schedule": "cosine"},
     "plus_ema_cosine": EMA_COSINE,
     "ema_cosine_no_adapted": {**EMA_COSINE, "data.collect_adapted": "0"},
     "plus_ema_cosine_multi_step": {**EMA_COSINE, "model.multi_step_loss": "true"},
@@ -51,26 +55,26 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml (whic
     "plus_ema_cosine_metasgd_head": {**EMA_COSINE, "model.algorithm": "metasgd", "model.adapt": "head"},
     "plus_ema_cosine_meta_lr_3e-4": {**EMA_COSINE, "model.meta_lr": "0.0003"},
     # against the odd/even alternation of K: a smaller inner step on top of the default
-    "inner_lr_0.02": {"model.inner_lr": "0.02"},
-    "inner_steps_5": {"model.inner_steps": "5"},
+    "inner_lr_0.02": {**PREVIOUS, "model.inner_lr": "0.02"},
+    "inner_steps_5": {**PREVIOUS, "model.inner_steps": "5"},
     # third session: DQN-side knobs against the late wandering, screened on 2 seeds (--name stability_screen)
-    "tau_0.001": {"target_sync.tau": "0.001"},
-    "tau_0.002": {"target_sync.tau": "0.002"},
-    "grad_clip_1": {"model.grad_clip": "1"},
-    "grad_clip_1_cosine": {"model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
-    "long_task_life": {"data.retire_after": "8000", "data.buffer_capacity": "8000"},
-    "short_task_life": {"data.retire_after": "1000", "data.buffer_capacity": "1000"},
-    "tasks_64": {"data.tasks_per_batch": "64"},  # every pool task in every meta-step: less meta-gradient noise
+    "tau_0.001": {**PREVIOUS, "target_sync.tau": "0.001"},
+    "tau_0.002": {**PREVIOUS, "target_sync.tau": "0.002"},
+    "grad_clip_1": {**PREVIOUS, "model.grad_clip": "1"},
+    "grad_clip_1_cosine": {**PREVIOUS, "model.grad_clip": "1", "model.meta_lr_schedule": "cosine"},
+    "long_task_life": {**PREVIOUS, "data.retire_after": "8000", "data.buffer_capacity": "8000"},
+    "short_task_life": {**PREVIOUS, "data.retire_after": "1000", "data.buffer_capacity": "1000"},
+    "tasks_64": {**PREVIOUS, "data.tasks_per_batch": "64"},  # every pool task each meta-step: less meta-grad noise
     # ... and on top of data.retire_every 100 (the speed setting that was tried as the default, then taken off)
-    "retire_every_100": {"data.retire_every": "100"},
-    "retire_every_100_batch_256": {"data.retire_every": "100", "data.support_size": "256", "data.query_size": "256",
-                                   "data.learning_starts": "512"},
-    "retire_every_100_tasks_64": {"data.retire_every": "100", "data.tasks_per_batch": "64"},
-    "retire_every_100_tau_cosine_0.001": {"data.retire_every": "100", "target_sync.tau_final": "0.001"},
+    "retire_every_100": {**PREVIOUS, "data.retire_every": "100"},
+    "retire_every_100_batch_256": {**PREVIOUS, "data.retire_every": "100", "data.support_size": "256",
+                                   "data.query_size": "256", "data.learning_starts": "512"},
+    "retire_every_100_tasks_64": {**PREVIOUS, "data.retire_every": "100", "data.tasks_per_batch": "64"},
+    "retire_every_100_tau_cosine_0.001": {**PREVIOUS, "data.retire_every": "100", "target_sync.tau_final": "0.001"},
     # fourth session: n-step TD targets (reward reaches the values n times faster per bootstrap), and with them
     # a slower target network (smooth with tau 0.001 above, but slow without n-step)
-    "n_step_3": {"data.n_step": "3"},
-    "n_step_3_tau_0.002": {"data.n_step": "3", "target_sync.tau": "0.002"},
+    "n_step_3": {**PREVIOUS, "data.n_step": "3"},
+    "n_step_3_tau_0.002": {**PREVIOUS, "data.n_step": "3", "target_sync.tau": "0.002"},
     # half of the pool's slots always collect with their adapted policy (their episodes run long, as at
     # meta-test), instead of a random half of each meta-step's tasks (a task's episode then switches policies)
     "adapted_per_task": {"data.collect_adapted_per": "task"},
