@@ -82,6 +82,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # average of theta make the last checkpoint as good as the best?
     "apt_cosine": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine"},
     "apt_ema": {"data.collect_adapted_per": "task", "model.ema_decay": "0.998"},
+    "apt_cosine_ema": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine",
+                       "model.ema_decay": "0.998"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
