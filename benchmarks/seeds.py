@@ -87,6 +87,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # the new default trained for 20,000 meta-steps (the cosine follows max_steps): within `make run`'s 10 minutes
     "apt_cosine_20k": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine",
                        "trainer.max_steps": "20000"},
+    # ... and the target network's rate falling with it, from 0.005 to 0.001 (a cosine over max_steps)
+    "apt_cosine_tau": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine",
+                       "target_sync.tau_final": "0.001"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
