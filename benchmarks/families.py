@@ -116,8 +116,8 @@ def markdown(rows: list[dict], seeds: int) -> str:
             at_k = [r for r in rows if r["config"] == config and r["init"] == init and r["k"] == r["chosen_k"]]
             if not at_k:
                 continue
-            best = [r for r in at_k if r.get("checkpoint", "best") in ("best", "-")]
-            last = [r for r in at_k if r.get("checkpoint") == "last"]
+            best = [r for r in at_k if r["checkpoint"] != "last"]  # scratch's "-" sits in the best column
+            last = [r for r in at_k if r["checkpoint"] == "last"]
             n = f" ({seeds} seed{'s' if seeds > 1 else ''})" if init != "scratch" else ""
             lines.append(f"| {config} | {init}{n} | {at_k[0]['k']} | {cells(best, True)} {cells(last, False)} "
                          f"{TARGETS.get(config.split('+')[0], '') if init == 'meta-init' else ''} |")
@@ -130,7 +130,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, config in zip(axes[0], configs):
         for i, init in enumerate(("meta-init", "multitask", "scratch")):
             pts = sorted((r for r in rows if r["config"] == config and r["init"] == init and r["group"] == "all"
-                          and r.get("checkpoint", "best") in ("best", "-")),
+                          and r["checkpoint"] != "last"),
                          key=lambda r: r["k"])
             if pts:
                 ks = np.array([p["k"] for p in pts]) + (i - 1) * 0.12

@@ -41,6 +41,8 @@ CONFIG = ROOT / "configs/cartpole.yaml"
 # it keep their meaning (and their cached runs) by naming the old setting.
 PREVIOUS = {"data.collect_adapted_per": "meta_step"}
 EMA_COSINE = {**PREVIOUS, "model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine"}
+PER_TASK = {"data.collect_adapted_per": "task"}  # the fourth session's mechanism, named so it holds either way
+APT_COSINE = {**PER_TASK, "model.meta_lr_schedule": "cosine"}  # = configs/cartpole.yaml since then
 ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "default": PREVIOUS,
     "no_adapted_collection": {**PREVIOUS, "data.collect_adapted": "0"},  # the settings before issue 10
@@ -77,19 +79,16 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "n_step_3_tau_0.002": {**PREVIOUS, "data.n_step": "3", "target_sync.tau": "0.002"},
     # half of the pool's slots always collect with their adapted policy (their episodes run long, as at
     # meta-test), instead of a random half of each meta-step's tasks (a task's episode then switches policies)
-    "adapted_per_task": {"data.collect_adapted_per": "task"},
+    "adapted_per_task": PER_TASK,
     # on top of it (the default since then): now that the curves are smooth, does a settling schedule or an
     # average of theta make the last checkpoint as good as the best?
-    "apt_cosine": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine"},
-    "apt_ema": {"data.collect_adapted_per": "task", "model.ema_decay": "0.998"},
-    "apt_cosine_ema": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine",
-                       "model.ema_decay": "0.998"},
+    "apt_cosine": APT_COSINE,
+    "apt_ema": {**PER_TASK, "model.ema_decay": "0.998"},
+    "apt_cosine_ema": {**APT_COSINE, "model.ema_decay": "0.998"},
     # the new default trained for 20,000 meta-steps (the cosine follows max_steps): within `make run`'s 10 minutes
-    "apt_cosine_20k": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine",
-                       "trainer.max_steps": "20000"},
+    "apt_cosine_20k": {**APT_COSINE, "trainer.max_steps": "20000"},
     # ... and the target network's rate falling with it, from 0.005 to 0.001 (a cosine over max_steps)
-    "apt_cosine_tau": {"data.collect_adapted_per": "task", "model.meta_lr_schedule": "cosine",
-                       "target_sync.tau_final": "0.001"},
+    "apt_cosine_tau": {**APT_COSINE, "target_sync.tau_final": "0.001"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +10,7 @@ import torch
 from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.evaluation import Protocol, eval_budgets, evaluate_shared
 from mamldqn_pl.report import format_table, summarize, write_report
+from mamldqn_pl.schedules import cosine
 
 
 def evaluate(pl_module: pl.LightningModule, tasks: list, protocol: Protocol, scratch: bool = False) -> list[dict]:
@@ -51,8 +51,7 @@ class TargetNetworkSync(pl.Callback):
             return self.tau
         horizon = self.tau_horizon or max_steps
         require(horizon > 0, "target_sync.tau_final needs trainer.max_steps or target_sync.tau_horizon")
-        frac = min(step / horizon, 1.0)
-        return self.tau_final + 0.5 * (self.tau - self.tau_final) * (1.0 + math.cos(math.pi * frac))
+        return cosine(self.tau, self.tau_final, step, horizon)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

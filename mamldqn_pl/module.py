@@ -22,6 +22,7 @@ from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target_of
 from mamldqn_pl.meta.qnet import AdaptSplit
+from mamldqn_pl.schedules import cosine
 
 # algorithm -> (which parameters adapt, first order) it implies
 ALGORITHMS: dict[str, tuple[str, bool]] = {
@@ -182,8 +183,7 @@ class MAMLDQN(pl.LightningModule):
             return hp.meta_lr
         horizon = hp.meta_lr_horizon or self.trainer.max_steps
         require(horizon > 0, "model.meta_lr_schedule cosine needs trainer.max_steps or model.meta_lr_horizon")
-        frac = min(step / horizon, 1.0)
-        return hp.meta_lr_min + 0.5 * (hp.meta_lr - hp.meta_lr_min) * (1.0 + math.cos(math.pi * frac))
+        return cosine(hp.meta_lr, hp.meta_lr_min, step, horizon)
 
     @torch.no_grad()
     def q_values(self, obs: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Shared small settings so the suite stays fast on 2 CPU cores."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# MAMLDQN_TEST_DEVICE=cuda runs the device-aware tests (fast paths, tests/test_device.py) on a GPU
+DEVICE = torch.device(os.environ.get("MAMLDQN_TEST_DEVICE", "cpu"))
+
+
+def to_device(batch: dict) -> dict:
+    """A data module's meta-batch (tensors and dicts of tensors) on DEVICE, as Lightning's transfer does."""
+    return {k: {f: t.to(DEVICE) for f, t in v.items()} if isinstance(v, dict) else v.to(DEVICE)
+            for k, v in batch.items()}
 # A tiny but real configuration of the default CartPole config, for CLI runs in subprocesses.
 TINY = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.enable_progress_bar", "false",
         "--data.pool_size", "6", "--data.tasks_per_batch", "3", "--data.support_size", "16",

@@ -3,17 +3,13 @@ adapted policies, the meta-objective and its gradient, and the meta-test protoco
 path; MAMLDQN_TEST_DEVICE=cuda runs it on a GPU (benchmarks/gpu_check.sh), where a tensor left on the wrong side
 fails."""
 
-import os
-
 import pytest
 import torch
-from conftest import SMALL_DATA
+from conftest import DEVICE, SMALL_DATA, to_device
 from test_mixed import MEMBERS
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.evaluation import Protocol, evaluate_shared
-
-DEVICE = torch.device(os.environ.get("MAMLDQN_TEST_DEVICE", "cpu"))
 
 
 @pytest.mark.parametrize("algorithm", ["anil", "maml"])
@@ -26,8 +22,7 @@ def test_meta_step_and_protocol_run_with_the_module_on_the_device(algorithm):
     dm.attach_policy(model.q_values, lambda: 0.3, model.adapted_q_values)
     batch = dm.next_batch()  # the warm start, then collection: half of the tasks act with their adapted policy
     assert not batch["action_mask"].all()
-    batch = {k: {f: t.to(DEVICE) for f, t in v.items()} if isinstance(v, dict) else v.to(DEVICE)
-             for k, v in batch.items()}
+    batch = to_device(batch)
     loss, pre, post = model.meta_objective(batch)
     loss.backward()
     assert torch.isfinite(loss) and pre.device.type == post.device.type == DEVICE.type

@@ -6,10 +6,10 @@ every loss option, and through the module on a real mixed-family batch with acti
 MAMLDQN_TEST_DEVICE=cuda runs them on a GPU (the CUDA kernels of the same paths; see README, "GPU")."""
 
 import dataclasses
-import os
 
 import pytest
 import torch
+from conftest import DEVICE, to_device
 from test_meta import make_batches
 from test_mixed import MEMBERS
 
@@ -17,13 +17,12 @@ from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation
 
 T, N, M = 6, 20, 28
-DEVICE = torch.device(os.environ.get("MAMLDQN_TEST_DEVICE", "cpu"))
 
 
 def batches(seed: int, n_actions: int):
     """Obs and targets large enough that TD errors fall both inside and outside Huber's |e| < 1."""
     support, query = make_batches(seed, n_actions, obs_scale=2.0, target_scale=3.0, tasks=T, n_support=N, n_query=M)
-    return ({k: v.to(DEVICE) for k, v in support.items()}, {k: v.to(DEVICE) for k, v in query.items()})
+    return to_device(support), to_device(query)
 
 
 def losses_and_grads(net: QNetwork, inner: InnerLoop, support: dict, query: dict, adapt: str = "head"):
@@ -98,8 +97,7 @@ def test_module_meta_gradient_with_action_masks_equals_the_reference(algorithm):
     model.to(DEVICE)
     dm.attach_policy(model.q_values, lambda: 0.5)
     batch = dm.next_batch()
-    batch = {k: {f: t.to(DEVICE) for f, t in v.items()} if isinstance(v, dict) else v.to(DEVICE)
-             for k, v in batch.items()}
+    batch = to_device(batch)
     assert not batch["action_mask"].all()  # some tasks really lack an action
     params = [p for p in model.parameters() if p.requires_grad]  # theta, and Meta-SGD's rates
 

@@ -197,8 +197,6 @@ class MetaDQNDataModule(pl.LightningDataModule):
                                      n_step=hp.n_step)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
-        # collect_adapted_per task: which slots always collect with their adapted policy
-        self.adapted_slots = torch.arange(hp.pool_size) < round(hp.collect_adapted * hp.pool_size)
         self._built = True
 
     def train_dataloader(self) -> DataLoader:
@@ -247,8 +245,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         subset: `tasks` is a random draw), or with collect_adapted_per "task" those in the adapted slots, act
         with their adapted policy, the rest with theta's."""
         hp = self.hparams
-        if hp.collect_adapted_per == "task":  # the adapted slots first, in the order they were drawn
-            first = self.adapted_slots[tasks]
+        if hp.collect_adapted_per == "task":  # slots below collect_adapted x pool_size first, in drawn order
+            first = tasks < round(hp.collect_adapted * hp.pool_size)
             order = torch.cat([first.nonzero().flatten(), (~first).nonzero().flatten()])
             tasks, counts, n_adapted = tasks[order], counts[order], int(first.sum())
         else:

@@ -64,26 +64,31 @@ class ReplayBuffers:
         self.size[tasks] = 0
 
     def gather(self, tasks: Tensor, slots: Tensor) -> dict[str, Tensor]:
-        """Transitions at `slots` [m, n] of buffers `tasks` [m], each field shaped [m, n, ...]."""
-        flat = (tasks.unsqueeze(1) * self.capacity + slots).reshape(-1)  # one index_select per field: cheaper
+        """Transitions at `slots` [m, n] of buffers `tasks` [m], each field shaped [m, n, ...]; with n_step > 1
+        also their reward windows, and next_obs / terminated read at each window's last transition."""
+        base = (tasks.unsqueeze(1) * self.capacity).expand_as(slots).reshape(-1)
+        flat = base + slots.reshape(-1)  # one index_select per field: cheaper
+        window, ends = {}, flat
+        if self.n_step > 1:
+            rewards, steps, ends = self._window(base, slots.reshape(-1), flat)
+            window = {"reward_window": rewards.view(*slots.shape, self.n_step), "steps": steps.view(slots.shape)}
         out = {}
         for name in FIELDS:
             field = getattr(self, name)
-            picked = field.reshape(-1, *field.shape[2:]).index_select(0, flat)
+            at = ends if name in ("next_obs", "terminated") else flat
+            picked = field.reshape(-1, *field.shape[2:]).index_select(0, at)
             out[name] = picked.view(*slots.shape, *field.shape[2:])
-        if self.n_step > 1:
-            out.update(self._windows(tasks, slots, flat))
-        return out
+        return {**out, **window}
 
-    def _windows(self, tasks: Tensor, slots: Tensor, flat: Tensor) -> dict[str, Tensor]:
-        """The n-step window of each transition at `flat`: a later slot belongs to it when it holds the very
-        next write of the buffer (not yet overwritten, already written) and no earlier one ended the episode."""
+    def _window(self, base: Tensor, slot: Tensor, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The n-step window of each transition at `flat`: its rewards [.., n_step] (zeros past its end), how
+        many transitions it holds, and where it ends. A later slot belongs to it when it holds the very next
+        write of the buffer (not yet overwritten, already written) and no earlier one ended the episode."""
         stamp, ended, rewards = self.stamp.view(-1), self.ended.view(-1), self.rewards.view(-1)
-        first, base = stamp[flat], (tasks.unsqueeze(1) * self.capacity).expand_as(slots).reshape(-1)
+        first = stamp[flat]
         window, last = [rewards[flat]], flat
         steps = torch.ones_like(flat)
         going = ~ended[flat]
-        slot = slots.reshape(-1)
         for j in range(1, self.n_step):
             slot = torch.where(slot + 1 >= self.capacity, self.keep_first, slot + 1)
             at = base + slot
@@ -92,11 +97,7 @@ class ReplayBuffers:
             last = torch.where(going, at, last)
             steps += going.long()
             going = going & ~ended[at]
-        shape = slots.shape
-        return {"reward_window": torch.stack(window, dim=-1).view(*shape, self.n_step),
-                "steps": steps.view(shape),
-                "next_obs": self.next_obs.view(-1, self.next_obs.shape[-1]).index_select(0, last).view(*shape, -1),
-                "terminated": self.terminated.view(-1).index_select(0, last).view(shape)}
+        return torch.stack(window, dim=-1), steps, last
 
     def sequence(self) -> dict[str, Tensor]:
         """Every buffer's transitions in slot order (all buffers hold the same number; none has wrapped), as

@@ -9,11 +9,12 @@ from torch import Tensor
 TD_LOSSES = ("huber", "mse")
 
 
-def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float,
+def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float | Tensor,
               action_mask: Tensor | None = None) -> Tensor:
     """r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-); bootstraps through truncation, never termination.
 
-    `action_mask` (broadcastable to next_q_target) keeps actions a task does not have out of the max.
+    `action_mask` (broadcastable to next_q_target) keeps actions a task does not have out of the max. `gamma`
+    may be a tensor of per-transition discounts (n-step windows of different lengths).
     """
     with torch.no_grad():
         if action_mask is not None:
@@ -25,14 +26,10 @@ def n_step_td_target(reward_window: Tensor, steps: Tensor, terminated: Tensor, n
                      gamma: float, action_mask: Tensor | None = None) -> Tensor:
     """sum_{j<k} gamma^j r_{t+j} + gamma^k (1 - terminated) max_a' Q(s_{t+k}, a'; theta^-), with k = `steps`
     the transitions the window holds (rewards past them are zero) and s_{t+k}, terminated those of its last."""
-    with torch.no_grad():
-        n = reward_window.shape[-1]
-        powers = torch.arange(n, device=reward_window.device, dtype=reward_window.dtype)
-        returns = (reward_window * gamma ** powers).sum(dim=-1)
-        bootstrap = torch.full_like(returns, gamma) ** steps.to(returns.dtype)
-        if action_mask is not None:
-            next_q_target = next_q_target.masked_fill(~action_mask, float("-inf"))
-        return returns + bootstrap * (1.0 - terminated) * next_q_target.max(dim=-1).values
+    powers = torch.arange(reward_window.shape[-1], device=reward_window.device, dtype=reward_window.dtype)
+    returns = (reward_window * gamma ** powers).sum(dim=-1)
+    discount = torch.full_like(returns, gamma) ** steps.to(returns.dtype)
+    return td_target(returns, terminated, next_q_target, discount, action_mask)
 
 
 def td_target_of(data: dict[str, Tensor], next_q_target: Tensor, gamma: float,
