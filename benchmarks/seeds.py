@@ -94,16 +94,23 @@ SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosin
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
           "retire_every_100_tau_cosine_0.001")
 COLUMNS = ("variant", "seed", "checkpoint", "ckpt_step", "k", "n", "mean", "iqm", "ci_low", "ci_high", "flip_mean",
-           "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
+           "val_k", "val_std_last_third", "val_mean_last_third", "fit_s", "meta_steps_per_s")
 
 
-def validation_curve(run: Path) -> list[tuple[int, float]]:
-    """The validation return at the run's trained K (the checkpoint metric) against the step."""
+def validation_curves(run: Path) -> dict[int, list[tuple[int, float]]]:
+    """The validation return against the step, for every K the run validated at."""
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    trained = [key for key in rows[0] if key.startswith("meta_val/return_k") and key != "meta_val/return_k0"]
-    key = f"meta_val/return_k{K}" if f"meta_val/return_k{K}" in trained else trained[0]
-    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+    prefix = "meta_val/return_k"
+    ks = sorted(int(key[len(prefix):]) for key in rows[0] if key.startswith(prefix))
+    return {k: [(int(r["step"]), float(r[f"{prefix}{k}"])) for r in rows if r.get(f"{prefix}{k}")] for k in ks}
+
+
+def curve_at(r: dict, k: int) -> tuple[int, list[tuple[int, float]]]:
+    """The validation curve at K = k where the run validated at k (runs before the fifth session validated only at
+    0 and the trained K), else at the trained K: (the K it is at, the curve)."""
+    at = k if k in r["curves"] else K if K in r["curves"] else max(r["curves"])
+    return at, r["curves"][at]
 
 
 def step_rate(run: Path) -> float:
@@ -139,7 +146,7 @@ def job(variant: str, seed: int, settings: dict[str, str], runs: Path, extra: li
         profile.write_text(json.dumps({k: float(np.mean([r["return"] for r in rows if r["k"] == k]))
                                        for k in range(9)}))
     return {"variant": variant, "seed": seed, "fit_s": fit_s, "eval": json.loads(cache.read_text()),
-            "curve": validation_curve(run), "val_profile": json.loads(profile.read_text()), "rate": step_rate(run)}
+            "curves": validation_curves(run), "val_profile": json.loads(profile.read_text()), "rate": step_rate(run)}
 
 
 def table_rows(results: list[dict]) -> list[dict]:
@@ -151,18 +158,19 @@ def table_rows(results: list[dict]) -> list[dict]:
             entries = [(str(r["seed"]), r["eval"][ckpt]["rows"], r) for r in mine]
             pooled = [row for _, rows, _ in entries for row in rows]
             for seed, rows, r in [*entries, ("pooled", pooled, None)]:
-                if r is not None:
-                    curve = r["curve"]
-                    final = [v for s, v in curve if s > 2 * curve[-1][0] / 3]
-                    extra = {"ckpt_step": r["eval"][ckpt]["step"], "val_std_last_third": float(np.std(final, ddof=1)),
-                             "val_mean_last_third": float(np.mean(final)), "fit_s": r["fit_s"],
-                             "meta_steps_per_s": r["rate"]}
-                else:
-                    extra = {"ckpt_step": "", "val_std_last_third": "", "val_mean_last_third": "",
-                             "fit_s": float(np.mean([e[2]["fit_s"] for e in entries])),
-                             "meta_steps_per_s": float(np.median([e[2]["rate"] for e in entries]))}
                 summary = {(s["group"], s["k"]): s for s in summarize(rows)}
                 for k in KS:
+                    if r is not None:
+                        val_k, curve = curve_at(r, k)
+                        final = [v for s, v in curve if s > 2 * curve[-1][0] / 3]
+                        extra = {"ckpt_step": r["eval"][ckpt]["step"], "val_k": val_k,
+                                 "val_std_last_third": float(np.std(final, ddof=1)),
+                                 "val_mean_last_third": float(np.mean(final)), "fit_s": r["fit_s"],
+                                 "meta_steps_per_s": r["rate"]}
+                    else:
+                        extra = {"ckpt_step": "", "val_k": "", "val_std_last_third": "",
+                                 "val_mean_last_third": "", "fit_s": float(np.mean([e[2]["fit_s"] for e in entries])),
+                                 "meta_steps_per_s": float(np.median([e[2]["rate"] for e in entries]))}
                     s = summary[("all", k)]
                     flip = summary.get(("flip", k), {}).get("mean", float("nan"))
                     out.append({"variant": variant, "seed": seed, "checkpoint": ckpt, "k": k, "n": s["n"],
@@ -177,7 +185,8 @@ def fmt(x, digits: int = 0) -> str:
 
 def markdown(rows: list[dict], by_seed: bool) -> str:
     """Mean [CI], IQM and flipped half for best and last, per seed (seeds.md) or pooled per variant, at the
-    fixed K and at K_ALSO. The validation columns are at K (validation evaluates the trained K)."""
+    fixed K and at K_ALSO. The validation columns are at the row's K where the run validated at it, else at the
+    trained K (said in the cell)."""
     lines = [f"| {'seed' if by_seed else 'variant'} | K | best: mean [95% CI] | IQM | flipped | last: mean [95% CI] "
              "| IQM | flipped | val std, last third | val mean, last third | meta-steps/s |", "|---" * 11 + "|"]
     for k in (K, K_ALSO):
@@ -189,7 +198,8 @@ def markdown(rows: list[dict], by_seed: bool) -> str:
                         and x["variant"] == r["variant"])
             if by_seed:
                 label = r["seed"]
-                spread = fmt(r["val_std_last_third"]), fmt(r["val_mean_last_third"])
+                at = "" if r["val_k"] in (k, "") else f" (K = {r['val_k']})"  # a run that did not validate at k
+                spread = fmt(r["val_std_last_third"]) + at, fmt(r["val_mean_last_third"]) + at
             else:
                 seeds = [x for x in rows if x["variant"] == r["variant"] and x["seed"] != "pooled" and x["k"] == k
                          and x["checkpoint"] == "best"]
@@ -213,12 +223,13 @@ def plot(results: list[dict], rows: list[dict], path: Path, title: str) -> None:
     variants = list(dict.fromkeys(r["variant"] for r in results))
     colours = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}  # more variants than the cycle
     for r in results:
-        steps, values = zip(*r["curve"])
+        val_k, curve = curve_at(r, K_ALSO)
+        steps, values = zip(*curve)
         label = f"seed {r['seed']}" if len(variants) == 1 else (r["variant"] if r["seed"] == 0 else None)
         left.plot(steps, values, color=None if len(variants) == 1 else colours[r["variant"]], alpha=0.8,
                   label=label, lw=1.2)
     left.set_xlabel("meta-step")
-    left.set_ylabel(f"validation return at K = {K}")
+    left.set_ylabel(f"validation return at K = {val_k}")
     left.set_title(title)
     left.grid(alpha=0.3)
     left.legend(fontsize=7)

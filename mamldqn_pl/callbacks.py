@@ -78,15 +78,19 @@ class MetaTestEvaluation(pl.Callback):
     """Runs the meta-test protocol on the validation tasks every `every_n_steps` meta-steps and at the last
     step, logging meta_val/return_k{K}; ModelCheckpoint keeps the best init by the return at the trained K.
 
-    `ks` always include 0 and the trained K. Never touches the test tasks.
+    `ks` always include 0, the trained K and `monitor_k`: the K whose validation return picks the best checkpoint
+    (default the trained K; the K a user will adapt with at meta-test, when it is another). Never touches the test
+    tasks.
     """
 
     def __init__(self, every_n_steps: int = 500, ks: list[int] | None = None, episodes: int = 5,
-                 seeds: list[int] | None = None) -> None:
+                 seeds: list[int] | None = None, monitor_k: int | None = None) -> None:
         require(every_n_steps >= 1, f"meta_val.every_n_steps: {every_n_steps} must be >= 1")
         require(episodes >= 1, f"meta_val.episodes: {episodes} must be >= 1")
+        require(monitor_k is None or monitor_k >= 0, f"meta_val.monitor_k: {monitor_k} must be >= 0")
         self.every_n_steps = every_n_steps
         self.ks = ks
+        self.monitor_k = monitor_k
         self.episodes = episodes
         self.seeds = [0, 1, 2] if seeds is None else seeds
         self.history: list[dict[str, float]] = []
@@ -95,7 +99,8 @@ class MetaTestEvaluation(pl.Callback):
         step = trainer.global_step
         if step % self.every_n_steps and step != trainer.max_steps:
             return
-        ks = sorted({0, pl_module.hparams.inner_steps, *(self.ks or [])})  # the trained K picks the best ckpt
+        ks = sorted({0, self.monitored_k(pl_module.hparams.inner_steps), pl_module.hparams.inner_steps,
+                     *(self.ks or [])})
         protocol = Protocol.of(trainer.datamodule.hparams, ks, self.episodes, self.seeds)
         rows = evaluate(pl_module, trainer.datamodule.val_tasks, protocol)
         result = {"step": step}
@@ -108,6 +113,10 @@ class MetaTestEvaluation(pl.Callback):
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+
+    def monitored_k(self, trained_k: int) -> int:
+        """The K whose validation return ModelCheckpoint monitors."""
+        return trained_k if self.monitor_k is None else self.monitor_k
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

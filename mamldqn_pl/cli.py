@@ -48,8 +48,9 @@ class MAMLDQNCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         run_dir = self._run_dir()
         config = self._get(self.config_init, "trainer", default={})
-        every = self._get(self.config_init, "meta_val").every_n_steps
-        monitor = f"meta_val/return_k{self.model.hparams.inner_steps}"  # validation return at the trained K
+        meta_val = self._get(self.config_init, "meta_val")
+        every = meta_val.every_n_steps
+        monitor = f"meta_val/return_k{meta_val.monitored_k(self.model.hparams.inner_steps)}"
         best = RunCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_top_k=1,
             save_last=True, every_n_train_steps=every, enable_version_counter=False,
