@@ -89,6 +89,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_20k": {**APT_COSINE, "trainer.max_steps": "20000"},
     # ... and the target network's rate falling with it, from 0.005 to 0.001 (a cosine over max_steps)
     "apt_cosine_tau": {**APT_COSINE, "target_sync.tau_final": "0.001"},
+    # fifth session, against the weakest seeds' late dips (screened on seeds 2 and 4, the lowest on validation):
+    # three quarters of the pool's slots act with their adapted policy; a larger meta-lr peak before the cosine
+    "apt_cosine_adapted_0.75": {**APT_COSINE, "data.collect_adapted": "0.75"},
+    "apt_cosine_meta_lr_0.002": {**APT_COSINE, "model.meta_lr": "0.002"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
