@@ -77,6 +77,8 @@ class MAMLDQN(pl.LightningModule):
             that validation, `best` checkpoints, `test` and `adapt` use; collection and the meta-gradient
             keep using theta.
         gamma: discount; td_loss: "huber" or "mse"; meta_reduction: "mean" or "sum" (the seed) over tasks.
+        double_dqn: meta-training's TD targets take a' from theta and its value from theta^- (Double DQN). At
+            meta-test the target network is the frozen initialisation itself, so there it changes nothing.
         grad_clip: max norm of the meta-gradient (0: off).
         epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration schedule over meta-steps.
         num_threads: torch CPU threads; 1 suits small networks on a busy small CPU.
@@ -104,6 +106,7 @@ class MAMLDQN(pl.LightningModule):
         ema_decay: float = 0.0,
         gamma: float = 0.99,
         td_loss: Literal["huber", "mse"] = "huber",
+        double_dqn: bool = False,
         meta_reduction: Literal["mean", "sum"] = "mean",
         grad_clip: float = 10.0,
         epsilon_start: float = 1.0,
@@ -218,12 +221,18 @@ class MAMLDQN(pl.LightningModule):
 
     # ---- the meta-objective -------------------------------------------------------------------------------
     def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
-        """Inputs of the fast part and fixed TD targets from theta^- for a [tasks, N] batch."""
+        """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
+        [tasks, N] batch."""
         next_q = self.target_net(data["next_obs"])
+        online = None
+        if self.hparams.double_dqn:
+            with torch.no_grad():
+                online = self.net(data["next_obs"])
         return {
             "x": split.encode(data["obs"]),
             "actions": data["actions"],
-            "target": td_target_of(data, next_q, self.hparams.gamma, None if mask is None else mask.unsqueeze(1)),
+            "target": td_target_of(data, next_q, self.hparams.gamma, None if mask is None else mask.unsqueeze(1),
+                                   online),
         }
 
     def _support_and_query(self, split: AdaptSplit, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

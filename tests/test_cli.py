@@ -31,6 +31,12 @@ def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
     ckpt = torch.load(trained_run / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20
     assert "datamodule_hyper_parameters" in ckpt
+    # the config's meta_val.monitor_k 5: validated at K = 5 too, and best.ckpt is the first best check at K = 5
+    checks = [(int(r["step"]), float(r["meta_val/return_k5"])) for r in rows if r.get("meta_val/return_k5")]
+    assert [step for step, _ in checks] == [10, 20]
+    best_step = max(checks, key=lambda c: c[1])[0]
+    assert torch.load(trained_run / "checkpoints/best.ckpt", weights_only=True)["global_step"] == best_step
+    assert any("'monitor': 'meta_val/return_k5'" in key for key in ckpt["callbacks"])
     assert ckpt["MetaDQNDataModule"]["ranks"][0]["buffers"]["size"].min() >= 40
 
 
@@ -128,6 +134,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--target_sync.tau", "0.01", "--target_sync.every_n_steps", "10"], "set exactly one of tau"),
     (["--meta_val.every_n_steps", "0"], "meta_val.every_n_steps: 0 must be >= 1"),
     (["--meta_val.episodes", "0"], "meta_val.episodes: 0 must be >= 1"),
+    (["--meta_val.monitor_k", "-1"], "meta_val.monitor_k: -1 must be >= 0"),
 ])
 def test_bad_input_is_one_line_naming_the_value(args, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -10,35 +10,44 @@ TD_LOSSES = ("huber", "mse")
 
 
 def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float | Tensor,
-              action_mask: Tensor | None = None) -> Tensor:
+              action_mask: Tensor | None = None, next_q_online: Tensor | None = None) -> Tensor:
     """r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-); bootstraps through truncation, never termination.
 
     `action_mask` (broadcastable to next_q_target) keeps actions a task does not have out of the max. `gamma`
-    may be a tensor of per-transition discounts (n-step windows of different lengths).
+    may be a tensor of per-transition discounts (n-step windows of different lengths). With `next_q_online`
+    (Double DQN) the online network picks a' = argmax_a' Q(s', a'; theta) and theta^- values it: a max over
+    noisy estimates no longer picks their upward errors.
     """
     with torch.no_grad():
         if action_mask is not None:
             next_q_target = next_q_target.masked_fill(~action_mask, float("-inf"))
-        return rewards + gamma * (1.0 - terminated) * next_q_target.max(dim=-1).values
+        if next_q_online is None:
+            value = next_q_target.max(dim=-1).values
+        else:
+            if action_mask is not None:
+                next_q_online = next_q_online.masked_fill(~action_mask, float("-inf"))
+            value = next_q_target.gather(-1, next_q_online.argmax(dim=-1, keepdim=True)).squeeze(-1)
+        return rewards + gamma * (1.0 - terminated) * value
 
 
 def n_step_td_target(reward_window: Tensor, steps: Tensor, terminated: Tensor, next_q_target: Tensor,
-                     gamma: float, action_mask: Tensor | None = None) -> Tensor:
+                     gamma: float, action_mask: Tensor | None = None, next_q_online: Tensor | None = None) -> Tensor:
     """sum_{j<k} gamma^j r_{t+j} + gamma^k (1 - terminated) max_a' Q(s_{t+k}, a'; theta^-), with k = `steps`
     the transitions the window holds (rewards past them are zero) and s_{t+k}, terminated those of its last."""
     powers = torch.arange(reward_window.shape[-1], device=reward_window.device, dtype=reward_window.dtype)
     returns = (reward_window * gamma ** powers).sum(dim=-1)
     discount = torch.full_like(returns, gamma) ** steps.to(returns.dtype)
-    return td_target(returns, terminated, next_q_target, discount, action_mask)
+    return td_target(returns, terminated, next_q_target, discount, action_mask, next_q_online)
 
 
 def td_target_of(data: dict[str, Tensor], next_q_target: Tensor, gamma: float,
-                 action_mask: Tensor | None = None) -> Tensor:
-    """The TD target of a sampled batch: n-step when the buffer gave reward windows (data.n_step > 1)."""
+                 action_mask: Tensor | None = None, next_q_online: Tensor | None = None) -> Tensor:
+    """The TD target of a sampled batch: n-step when the buffer gave reward windows (data.n_step > 1); Double
+    DQN given the online network's values `next_q_online`."""
     if "reward_window" in data:
         return n_step_td_target(data["reward_window"], data["steps"], data["terminated"], next_q_target, gamma,
-                                action_mask)
-    return td_target(data["rewards"], data["terminated"], next_q_target, gamma, action_mask)
+                                action_mask, next_q_online)
+    return td_target(data["rewards"], data["terminated"], next_q_target, gamma, action_mask, next_q_online)
 
 
 def pointwise_td_loss(q_sa: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
