@@ -24,6 +24,8 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     assert all(r["ckpt_step"] in ("10", "20") for r in per_seed if r["checkpoint"] == "best")
     assert all(r["ckpt_step"] == "20" for r in per_seed if r["checkpoint"] == "last")
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows)
+    # the validation spread is at the row's K where the run validated at it (0, 3 and the config's monitor_k 5)
+    assert {(r["k"], r["val_k"]) for r in per_seed} == {("0", "0"), ("1", "3"), ("3", "3"), ("5", "5")}
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
     profile = list(csv.DictReader(open(tmp_path / "out" / "ablation_val_k.csv")))
     assert len(profile) == 2 * 2 * 9 and {r["k"] for r in profile} == {str(k) for k in range(9)}
@@ -78,3 +80,23 @@ def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     assert all(float(r["k5_ci_low"]) <= float(r["k5_mean"]) <= float(r["k5_ci_high"]) for r in rows)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert len(worktrees.strip().splitlines()) == 1  # the baseline's worktree is gone again
+
+
+def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", *TINY, "--trainer.max_steps", "20",
+                          "--run_dir", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}",
+                          f"small={ckpt}@0.001", "--out", str(tmp_path / "diag")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "diag.csv")))
+    assert [(r["name"], r["k"]) for r in rows] == [(n, k) for n in ("trained", "small") for k in ("0", "1", "3")]
+    trained, small = rows[:3], rows[3:]
+    assert all(float(r["greedy_changed"]) == 0.0 for r in (trained[0], small[0]))
+    for key in ("support_td_loss", "signed_td_error", "action_gap_k0", "return"):  # K = 0: the same support data
+        assert trained[0][key] == small[0][key]
+    assert abs(float(trained[0]["step_curvature"]) / float(small[0]["step_curvature"]) - 50.0) < 1e-3
+    assert (tmp_path / "diag.png").stat().st_size > 10_000
