@@ -2,7 +2,10 @@
 baseline commit, side by side: both run at the same time, one per core, in the same venv, so that they meet the
 same machine. Writes docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
 
-    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000]
+    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000] [--keep DIR]
+
+`--keep DIR` copies this tree's run folder (checkpoints, logs, the adaptation report) to DIR: `cp
+DIR/adaptation.* docs/` and `benchmarks/make_run_table.py` then give the README's `make run` table from that run.
 
 The baseline is checked out as a git worktree under the system's temp folder; nothing of this tree changes.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +60,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--steps", type=int, default=12000, help="configs/cartpole.yaml's max_steps")
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    parser.add_argument("--keep", default=None, help="copy this tree's run folder here")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -70,6 +75,8 @@ def main() -> None:
             with ThreadPoolExecutor(2) as pool:
                 results = dict(zip(trees, pool.map(lambda t: make_run(t[0], Path(tmp) / f"run_{t[1][:7]}", args.steps),
                                                    trees.values())))
+            if args.keep:
+                shutil.copytree(Path(tmp) / f"run_{trees['this commit'][1][:7]}", args.keep, dirs_exist_ok=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
     base_total = results["baseline"]["total_s"]

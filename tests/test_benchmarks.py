@@ -71,8 +71,10 @@ def test_speed_benchmark_quick_prints_every_row():
 
 def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
-                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          "--out", str(tmp_path), "--keep", str(tmp_path / "kept")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "kept" / "adaptation.csv").is_file() and (tmp_path / "kept" / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader(open(tmp_path / "make_run_speed.csv")))
     assert [r["tree"] for r in rows] == ["baseline", "this commit"]
     assert rows[0]["ratio_to_baseline"] == "1.0" and float(rows[1]["ratio_to_baseline"]) > 0
