@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -93,7 +94,8 @@ def main() -> None:
     lines = ["| checkpoint | K | support TD loss | mean Q(s,a) - target | greedy actions changed | "
              "median action gap (K = 0) | lr x mean feature norm^2 | greedy return |", "|---" * 8 + "|"]
     lines += [f"| {r['name']} | {r['k']} | {r['support_td_loss']:.3f} | {r['signed_td_error']:+.2f} | "
-              f"{r['greedy_changed']:.0%} | {r['action_gap_k0']:.3f} | {r['step_curvature']:.1f} | "
+              f"{r['greedy_changed']:.0%} | {r['action_gap_k0']:.3f} | "
+              f"{'-' if math.isnan(r['step_curvature']) else format(r['step_curvature'], '.1f')} | "
               f"{r['return']:.0f} |" for r in rows]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     plot(rows, Path(args.out + ".png"))
