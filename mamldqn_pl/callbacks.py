@@ -76,7 +76,7 @@ class TargetNetworkSync(pl.Callback):
 
 class MetaTestEvaluation(pl.Callback):
     """Runs the meta-test protocol on the validation tasks every `every_n_steps` meta-steps and at the last
-    step, logging meta_val/return_k{K}; ModelCheckpoint keeps the best init by the return at the trained K.
+    step, logging meta_val/return_k{K}; ModelCheckpoint keeps the best init by the return at `monitor_k`.
 
     `ks` always include 0, the trained K and `monitor_k`: the K whose validation return picks the best checkpoint
     (default the trained K; the K a user will adapt with at meta-test, when it is another). Never touches the test
