@@ -19,7 +19,7 @@ from torch import Tensor
 from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
-from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target_of
+from mamldqn_pl.meta import InnerLoop, QNetwork, advantage_learning, batched_q, split_for_adaptation, td_target_of
 from mamldqn_pl.meta.inner import LINEAR_HEAD
 from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
 from mamldqn_pl.seeding import make_generator
@@ -99,17 +99,17 @@ def collect(collector: Collector, q_fn, steps: int, epsilon: float) -> None:
 
 
 def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.ndarray, n_actions: int, q_target,
-                  gamma: float, device: torch.device) -> dict[str, Tensor]:
+                  gamma: float, device: torch.device, advantage: float = 0.0) -> dict[str, Tensor]:
     """Every transition in each slot's buffer as one inner-loop batch; TD targets from `q_target` (the frozen
-    initialisation), n-step when the buffers keep windows. All slots hold the same number of transitions."""
+    initialisation), n-step when the buffers keep windows, with the inner loop's advantage learning term. All
+    slots hold the same number of transitions."""
     data = {name: value.to(device) for name, value in buffers.sequence().items()}
-    valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions)
+    valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions).unsqueeze(1)
     with torch.no_grad():
-        return {
-            "x": split.encode(data["obs"]),
-            "actions": data["actions"],
-            "target": td_target_of(data, q_target(data["next_obs"]), gamma, valid.unsqueeze(1)),
-        }
+        target = td_target_of(data, q_target(data["next_obs"]), gamma, valid)
+        if advantage:
+            target = advantage_learning(target, q_target(data["obs"]), data["actions"], advantage, valid)
+        return {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
 
 
 def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tensor] | None, ks: Sequence[int],
@@ -154,7 +154,8 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
             env = family.batched(slots, generator)
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim, n_step=protocol.n_step)
             collect(Collector(env, buffers, generator), q_init, protocol.adapt_budget, protocol.epsilon_adapt)
-            support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, gamma, device)
+            support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, gamma, device,
+                                    inner.advantage)
         rep = torch.arange(n).repeat_interleave(protocol.episodes)
         for k, fast in adapted_weights(split, inner, support, protocol.ks, n):
             episodes = family.batched([t for t in slots for _ in range(protocol.episodes)], generator)

@@ -169,7 +169,8 @@ class MetaInit:
                 venv.reset()
                 collect(collector, policy, budget, epsilon)
                 support = support_batch(split, buffers, venv.action_counts, self.n_actions, q_init,
-                                        model.hparams.gamma, torch.device("cpu")) if budget else None
+                                        model.hparams.gamma, torch.device("cpu"), model.inner.advantage) if budget \
+                    else None
                 for kk, fast in adapted_weights(split, model.inner, support, range(k + 1), 1):
                     venv.reset()
                     value = float(greedy_returns(net, params, fast, venv, episodes)[0])

@@ -20,7 +20,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
-from mamldqn_pl.meta import InnerLoop, QNetwork, batched_q, split_for_adaptation, td_target_of
+from mamldqn_pl.meta import InnerLoop, QNetwork, advantage_learning, batched_q, split_for_adaptation, td_target_of
 from mamldqn_pl.meta.qnet import AdaptSplit
 from mamldqn_pl.schedules import cosine
 
@@ -79,6 +79,8 @@ class MAMLDQN(pl.LightningModule):
         gamma: discount; td_loss: "huber" or "mse"; meta_reduction: "mean" or "sum" (the seed) over tasks.
         double_dqn: meta-training's TD targets take a' from theta and its value from theta^- (Double DQN). At
             meta-test the target network is the frozen initialisation itself, so there it changes nothing.
+        advantage_learning: alpha of advantage learning in every TD target, in training and at meta-test
+            (0: off): non-greedy actions' targets fall by alpha times their gap, which widens action gaps.
         grad_clip: max norm of the meta-gradient (0: off).
         epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration schedule over meta-steps.
         num_threads: torch CPU threads; 1 suits small networks on a busy small CPU.
@@ -107,6 +109,7 @@ class MAMLDQN(pl.LightningModule):
         gamma: float = 0.99,
         td_loss: Literal["huber", "mse"] = "huber",
         double_dqn: bool = False,
+        advantage_learning: float = 0.0,
         meta_reduction: Literal["mean", "sum"] = "mean",
         grad_clip: float = 10.0,
         epsilon_start: float = 1.0,
@@ -133,6 +136,8 @@ class MAMLDQN(pl.LightningModule):
                 f"model.meta_lr_horizon: {meta_lr_horizon} must be >= 1 (or unset: trainer.max_steps)")
         require(0.0 <= ema_decay < 1.0, f"model.ema_decay: {ema_decay} must lie in [0, 1) (0 turns it off)")
         require(0.0 <= gamma <= 1.0, f"model.gamma: {gamma} must lie in [0, 1]")
+        require(0.0 <= advantage_learning < 1.0,
+                f"model.advantage_learning: {advantage_learning} must lie in [0, 1) (0 turns it off)")
         require(grad_clip >= 0, f"model.grad_clip: {grad_clip} must be >= 0 (0 turns clipping off)")
         require(all(h >= 1 for h in hidden), f"model.hidden: {hidden} must be positive widths")
         require(all(k >= 0 for k in self.test_ks), f"model.test_ks: {self.test_ks} must be >= 0")
@@ -155,7 +160,7 @@ class MAMLDQN(pl.LightningModule):
             self.log_inner_lr = nn.Parameter(torch.full((max(inner_steps, 1), n_fast), math.log(inner_lr)))
         self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=self.first_order, loss=td_loss,
                                log_lrs=self.log_inner_lr, normalize=td_normalize,
-                               multi_step=multi_step_loss)
+                               multi_step=multi_step_loss, advantage=advantage_learning)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0
@@ -225,15 +230,15 @@ class MAMLDQN(pl.LightningModule):
         [tasks, N] batch."""
         next_q = self.target_net(data["next_obs"])
         online = None
+        mask = None if mask is None else mask.unsqueeze(1)
         if self.hparams.double_dqn:
             with torch.no_grad():
                 online = self.net(data["next_obs"])
-        return {
-            "x": split.encode(data["obs"]),
-            "actions": data["actions"],
-            "target": td_target_of(data, next_q, self.hparams.gamma, None if mask is None else mask.unsqueeze(1),
-                                   online),
-        }
+        target = td_target_of(data, next_q, self.hparams.gamma, mask, online)
+        if self.inner.advantage:
+            target = advantage_learning(target, self.target_net(data["obs"]), data["actions"], self.inner.advantage,
+                                        mask)
+        return {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
 
     def _support_and_query(self, split: AdaptSplit, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Both inner batches from one pass of the body and of theta^- over support and query rows together

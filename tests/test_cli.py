@@ -135,6 +135,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--meta_val.every_n_steps", "0"], "meta_val.every_n_steps: 0 must be >= 1"),
     (["--meta_val.episodes", "0"], "meta_val.episodes: 0 must be >= 1"),
     (["--meta_val.monitor_k", "-1"], "meta_val.monitor_k: -1 must be >= 0"),
+    (["--model.advantage_learning", "1"], "model.advantage_learning: 1.0 must lie in [0, 1)"),
 ])
 def test_bad_input_is_one_line_naming_the_value(args, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -30,6 +30,10 @@ class InnerLoop:
     meta-objective is the mean query loss after each of the K steps, not only after the last: every K up to the
     trained one is trained to be good, so adaptation does not oscillate between steps.
 
+    `advantage` (> 0: advantage learning, `meta.td.advantage_learning`) is part of the TD targets the steps fit;
+    it lives here so that every place that builds a support batch for this inner loop (the module, meta-test,
+    `adapt`) builds the same targets.
+
     `written_out` (default) takes the fast paths of `meta_losses`: a linear head's meta-objective and
     meta-gradient written out by hand (`meta.head`), else, given a `batched_q_fn`, all tasks' inner steps as one
     autograd graph over per-task weights [T, ...] (no vmap). False keeps the plain torch.func path everywhere:
@@ -43,6 +47,7 @@ class InnerLoop:
     log_lrs: Tensor | None = None
     normalize: bool = False
     multi_step: bool = False
+    advantage: float = 0.0
     written_out: bool = True
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:

@@ -50,6 +50,21 @@ def td_target_of(data: dict[str, Tensor], next_q_target: Tensor, gamma: float,
     return td_target(data["rewards"], data["terminated"], next_q_target, gamma, action_mask, next_q_online)
 
 
+def advantage_learning(target: Tensor, q_now_target: Tensor, actions: Tensor, alpha: float,
+                       action_mask: Tensor | None = None) -> Tensor:
+    """Advantage learning (Bellemare et al. 2016): target - alpha * (max_b Q(s, b; theta^-) - Q(s, a; theta^-)).
+
+    Why: a TD step moves Q by the size of the TD errors, and where the actions' values differ by less (Acrobot:
+    a median gap of 0.045 against errors of 0.5, `benchmarks/inner_step_diagnosis.py`) it reorders them. This
+    operator lowers every non-greedy action's target by alpha times its gap, so fixed points have gaps about
+    1 / (1 - alpha) times larger and the greedy action is the same. `q_now_target` holds theta^-'s values at s."""
+    with torch.no_grad():
+        if action_mask is not None:
+            q_now_target = q_now_target.masked_fill(~action_mask, float("-inf"))
+        taken = q_now_target.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return target - alpha * (q_now_target.max(dim=-1).values - taken)
+
+
 def pointwise_td_loss(q_sa: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
     """The TD loss of each transition, unreduced: smooth L1 (beta 1) or squared error of Q(s, a) to its target."""
     if kind == "huber":
