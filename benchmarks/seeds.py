@@ -210,8 +210,10 @@ def markdown(rows: list[dict], by_seed: bool) -> str:
                 seeds = [x for x in rows if x["variant"] == r["variant"] and x["seed"] != "pooled" and x["k"] == k
                          and x["checkpoint"] == "best"]
                 label = f"{r['variant']} ({len(seeds)} seeds)"
-                spread = (fmt(float(np.mean([x["val_std_last_third"] for x in seeds]))) + " (mean)",
-                          fmt(float(np.mean([x["val_mean_last_third"] for x in seeds]))))
+                other = sorted({x["val_k"] for x in seeds} - {k})
+                at = f" (K = {', '.join(map(str, other))})" if other else ""
+                spread = (fmt(float(np.mean([x["val_std_last_third"] for x in seeds]))) + " (mean)" + at,
+                          fmt(float(np.mean([x["val_mean_last_third"] for x in seeds]))) + at)
             lines.append(f"| {label} | {k} | {fmt(r['mean'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | "
                          f"{fmt(r['iqm'])} | {fmt(r['flip_mean'])} | {fmt(last['mean'])} [{fmt(last['ci_low'])}, "
                          f"{fmt(last['ci_high'])}] | {fmt(last['iqm'])} | {fmt(last['flip_mean'])} | {spread[0]} | "
