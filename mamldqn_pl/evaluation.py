@@ -19,7 +19,7 @@ from torch import Tensor
 from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
-from mamldqn_pl.meta import InnerLoop, QNetwork, advantage_learning, batched_q, split_for_adaptation, td_target_of
+from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.inner import LINEAR_HEAD
 from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
 from mamldqn_pl.seeding import make_generator
@@ -105,10 +105,8 @@ def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.n
     slots hold the same number of transitions."""
     data = {name: value.to(device) for name, value in buffers.sequence().items()}
     valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions).unsqueeze(1)
+    target = batch_targets(data, q_target, gamma, valid, advantage)
     with torch.no_grad():
-        target = td_target_of(data, q_target(data["next_obs"]), gamma, valid)
-        if advantage:
-            target = advantage_learning(target, q_target(data["obs"]), data["actions"], advantage, valid)
         return {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
 
 

@@ -20,7 +20,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
-from mamldqn_pl.meta import InnerLoop, QNetwork, advantage_learning, batched_q, split_for_adaptation, td_target_of
+from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.qnet import AdaptSplit
 from mamldqn_pl.schedules import cosine
 
@@ -228,16 +228,9 @@ class MAMLDQN(pl.LightningModule):
     def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
         """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
         [tasks, N] batch."""
-        next_q = self.target_net(data["next_obs"])
-        online = None
         mask = None if mask is None else mask.unsqueeze(1)
-        if self.hparams.double_dqn:
-            with torch.no_grad():
-                online = self.net(data["next_obs"])
-        target = td_target_of(data, next_q, self.hparams.gamma, mask, online)
-        if self.inner.advantage:
-            target = advantage_learning(target, self.target_net(data["obs"]), data["actions"], self.inner.advantage,
-                                        mask)
+        online = self.net if self.hparams.double_dqn else None
+        target = batch_targets(data, self.target_net, self.hparams.gamma, mask, self.inner.advantage, online)
         return {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
 
     def _support_and_query(self, split: AdaptSplit, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

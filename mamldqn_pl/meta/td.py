@@ -65,6 +65,19 @@ def advantage_learning(target: Tensor, q_now_target: Tensor, actions: Tensor, al
         return target - alpha * (q_now_target.max(dim=-1).values - taken)
 
 
+def batch_targets(data: dict[str, Tensor], q_target, gamma: float, action_mask: Tensor | None = None,
+                  advantage: float = 0.0, q_online=None) -> Tensor:
+    """The TD targets of a sampled [tasks, N] batch, as training and meta-test both build them: theta^- (the
+    function `q_target`) at the next observations, n-step when the batch has reward windows, Double DQN given
+    the online network `q_online`, advantage learning when `advantage` > 0 (theta^- at the observations too)."""
+    with torch.no_grad():
+        online = None if q_online is None else q_online(data["next_obs"])
+        target = td_target_of(data, q_target(data["next_obs"]), gamma, action_mask, online)
+        if advantage:
+            target = advantage_learning(target, q_target(data["obs"]), data["actions"], advantage, action_mask)
+        return target
+
+
 def pointwise_td_loss(q_sa: Tensor, target: Tensor, kind: str = "huber") -> Tensor:
     """The TD loss of each transition, unreduced: smooth L1 (beta 1) or squared error of Q(s, a) to its target."""
     if kind == "huber":
