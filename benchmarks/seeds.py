@@ -163,20 +163,20 @@ def table_rows(results: list[dict]) -> list[dict]:
         for ckpt in ("best", "last"):
             entries = [(str(r["seed"]), r["eval"][ckpt]["rows"], r) for r in mine]
             pooled = [row for _, rows, _ in entries for row in rows]
+            pooled_extra = {"ckpt_step": "", "val_k": "", "val_std_last_third": "", "val_mean_last_third": "",
+                            "fit_s": float(np.mean([e[2]["fit_s"] for e in entries])),
+                            "meta_steps_per_s": float(np.median([e[2]["rate"] for e in entries]))}
             for seed, rows, r in [*entries, ("pooled", pooled, None)]:
                 summary = {(s["group"], s["k"]): s for s in summarize(rows)}
                 for k in KS:
-                    if r is not None:
+                    extra = pooled_extra
+                    if r is not None:  # the validation spread at k where the run validated at it
                         val_k, curve = curve_at(r, k)
                         final = [v for s, v in curve if s > 2 * curve[-1][0] / 3]
                         extra = {"ckpt_step": r["eval"][ckpt]["step"], "val_k": val_k,
                                  "val_std_last_third": float(np.std(final, ddof=1)),
                                  "val_mean_last_third": float(np.mean(final)), "fit_s": r["fit_s"],
                                  "meta_steps_per_s": r["rate"]}
-                    else:
-                        extra = {"ckpt_step": "", "val_k": "", "val_std_last_third": "",
-                                 "val_mean_last_third": "", "fit_s": float(np.mean([e[2]["fit_s"] for e in entries])),
-                                 "meta_steps_per_s": float(np.median([e[2]["rate"] for e in entries]))}
                     s = summary[("all", k)]
                     flip = summary.get(("flip", k), {}).get("mean", float("nan"))
                     out.append({"variant": variant, "seed": seed, "checkpoint": ckpt, "k": k, "n": s["n"],

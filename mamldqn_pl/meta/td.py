@@ -9,6 +9,11 @@ from torch import Tensor
 TD_LOSSES = ("huber", "mse")
 
 
+def _valid_only(q: Tensor, action_mask: Tensor | None) -> Tensor:
+    """Q with the actions a task does not have at -inf, so that no max or argmax picks them."""
+    return q if action_mask is None else q.masked_fill(~action_mask, float("-inf"))
+
+
 def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma: float | Tensor,
               action_mask: Tensor | None = None, next_q_online: Tensor | None = None) -> Tensor:
     """r + gamma * (1 - terminated) * max_a' Q(s', a'; theta^-); bootstraps through truncation, never termination.
@@ -19,14 +24,12 @@ def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma:
     noisy estimates no longer picks their upward errors.
     """
     with torch.no_grad():
-        if action_mask is not None:
-            next_q_target = next_q_target.masked_fill(~action_mask, float("-inf"))
+        next_q_target = _valid_only(next_q_target, action_mask)
         if next_q_online is None:
             value = next_q_target.max(dim=-1).values
         else:
-            if action_mask is not None:
-                next_q_online = next_q_online.masked_fill(~action_mask, float("-inf"))
-            value = next_q_target.gather(-1, next_q_online.argmax(dim=-1, keepdim=True)).squeeze(-1)
+            picked = _valid_only(next_q_online, action_mask).argmax(dim=-1, keepdim=True)
+            value = next_q_target.gather(-1, picked).squeeze(-1)
         return rewards + gamma * (1.0 - terminated) * value
 
 
@@ -59,8 +62,7 @@ def advantage_learning(target: Tensor, q_now_target: Tensor, actions: Tensor, al
     operator lowers every non-greedy action's target by alpha times its gap, so fixed points have gaps about
     1 / (1 - alpha) times larger and the greedy action is the same. `q_now_target` holds theta^-'s values at s."""
     with torch.no_grad():
-        if action_mask is not None:
-            q_now_target = q_now_target.masked_fill(~action_mask, float("-inf"))
+        q_now_target = _valid_only(q_now_target, action_mask)
         taken = q_now_target.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         return target - alpha * (q_now_target.max(dim=-1).values - taken)
 
