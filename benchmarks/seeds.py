@@ -95,6 +95,7 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_adapted_0.75": {**APT_COSINE, "data.collect_adapted": "0.75"},
     "apt_cosine_meta_lr_0.002": {**APT_COSINE, "model.meta_lr": "0.002"},
     "apt_cosine_double_dqn": {**APT_COSINE, "model.double_dqn": "true"},  # theta picks a', theta^- values it
+    "apt_cosine_layer_norm": {**APT_COSINE, "model.layer_norm": "true"},  # features of fixed scale (sixth session)
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",

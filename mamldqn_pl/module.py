@@ -60,6 +60,8 @@ class MAMLDQN(pl.LightningModule):
     Args:
         obs_dim, n_actions, obs_scale: linked from the data module; never typed twice.
         hidden: widths of the body's hidden layers.
+        layer_norm: a LayerNorm without weights after each hidden layer (before its ReLU): features of fixed
+            scale, so the head's inner step size cannot drift as theta trains.
         algorithm: maml, fomaml, anil (default), metasgd, reptile or multitask (see ALGORITHMS).
         adapt: which parameters the inner loop adapts, "head" or "all"; defaults to the algorithm's. For
             multitask it is what `test` fine-tunes.
@@ -94,6 +96,7 @@ class MAMLDQN(pl.LightningModule):
         n_actions: int = 2,
         obs_scale: list[float] | None = None,
         hidden: list[int] | None = None,
+        layer_norm: bool = False,
         algorithm: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "multitask"] = "anil",
         adapt: Literal["head", "all"] | None = None,
         first_order: bool | None = None,
@@ -149,7 +152,7 @@ class MAMLDQN(pl.LightningModule):
         self.algorithm = algorithm
         self.adapt, self.first_order = resolve_algorithm(algorithm, adapt, first_order, inner_steps)
         self.automatic_optimization = False
-        self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale)
+        self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale, layer_norm)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
         self.ema: AveragedModel | None = None
         if ema_decay > 0:

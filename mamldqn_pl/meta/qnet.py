@@ -26,17 +26,24 @@ class Scale(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """MLP Q(s, .): `body` maps observations to features, `head` (one Linear) maps features to action values."""
+    """MLP Q(s, .): `body` maps observations to features, `head` (one Linear) maps features to action values.
+
+    layer_norm puts a LayerNorm without weights after each hidden Linear (before its ReLU): the features' scale
+    is then fixed, so an inner step's size on the head (lr x |features|^2) cannot drift during meta-training,
+    and TD bootstrapping cannot grow them (Ball et al. 2023, Gallici et al. 2024). Without weights it adds no
+    parameters, so every fast path and the per-task forward stay as they are."""
 
     def __init__(
-        self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64), obs_scale: Sequence[float] | None = None
+        self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64), obs_scale: Sequence[float] | None = None,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, list(hidden)
+        self.obs_dim, self.n_actions, self.hidden, self.layer_norm = obs_dim, n_actions, list(hidden), layer_norm
         layers: list[nn.Module] = [Scale(obs_scale if obs_scale is not None else [1.0] * obs_dim)]
         width = obs_dim
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h)] + ([nn.LayerNorm(h, elementwise_affine=False)] if layer_norm else [])
+            layers += [nn.ReLU()]
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_actions)
@@ -47,7 +54,7 @@ class QNetwork(nn.Module):
     def arch(self) -> dict:
         """The constructor's arguments: what rebuilds this network (plain data)."""
         return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "hidden": self.hidden,
-                "obs_scale": self.body[0].scale.tolist()}
+                "obs_scale": self.body[0].scale.tolist(), "layer_norm": self.layer_norm}
 
 
 def _strip(params: FastWeights, prefix: str) -> FastWeights:
@@ -104,7 +111,7 @@ def per_task_forward(net: QNetwork, weights: FastWeights, obs: Tensor) -> Tensor
     for i, layer in enumerate(net.body):
         if isinstance(layer, nn.Linear):
             h = per_task_linear(h, weights[f"body.{i}.weight"], weights[f"body.{i}.bias"])
-        else:  # Scale, ReLU: no weights
+        else:  # Scale, LayerNorm (no weights), ReLU
             h = layer(h)
     return per_task_linear(h, weights["head.weight"], weights["head.bias"])
 
