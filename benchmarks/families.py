@@ -4,6 +4,8 @@ scratch fine-tuned with the same K and budget?
     .venv/bin/python benchmarks/families.py                       # the five configs, training seeds 0-2
     .venv/bin/python benchmarks/families.py --configs acrobot --seeds 0 1 2 --variant tdnorm \\
         --extra-args "--model.td_normalize true"                  # a variant of one config
+    .venv/bin/python benchmarks/families.py --configs nav2d --variant metasgd \
+        --meta-extra-args "--model.algorithm metasgd --model.adapt head"  # another algorithm for the meta-init only
 
 For every config and training seed: `mamldqn fit` of the config (validation at K = 0, 1, 3, 5) and of the same
 config with `model.algorithm multitask` (same network, data, budget; it fine-tunes what the config adapts). K is
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", default="", help="a name for --extra-args (rows read CONFIG+VARIANT)")
     parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for every run")
+    parser.add_argument("--meta-extra-args", default="",
+                        help="flags for the meta-init runs only (another algorithm: multitask stays the baseline)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "docs/results"),
                         help="the README's table is rewritten only for this default")
@@ -168,14 +172,14 @@ def main() -> None:
                      **{c: float(r[c]) for c in ("mean", "iqm", "ci_low", "ci_high")}} for r in csv.DictReader(f)]
         write_outputs(rows, out, args.name, len(args.seeds))
         return
-    runs_dir, extra = Path(args.runs), shlex.split(args.extra_args)
+    runs_dir, extra, meta_extra = Path(args.runs), shlex.split(args.extra_args), shlex.split(args.meta_extra_args)
     start = time.time()
     jobs = [(c, init, s) for s in args.seeds for c in args.configs for init in INITS]
 
     def fit(job: tuple[str, str, int]) -> None:
         config, init, seed = job
         train(ROOT / "configs" / f"{config}.yaml", seed, runs_dir / run_name(config, args.variant, init, seed),
-              overrides=[*overrides(config, init), *extra])
+              overrides=[*overrides(config, init), *extra, *(meta_extra if init == "meta-init" else [])])
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(fit, jobs))

@@ -35,7 +35,8 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
 def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path):
     extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"
     out = subprocess.run([sys.executable, "benchmarks/families.py", "--configs", "acrobot_flip", "--seeds", "0", "1",
-                          "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--extra-args", extra],
+                          "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--extra-args", extra,
+                          "--meta-extra-args", "--model.td_normalize true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "families.csv")))
@@ -52,6 +53,9 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
     assert all(r["chosen_k"] in ("0", "1", "3", "5") for r in rows)
     multitask = yaml.safe_load((tmp_path / "runs" / "acrobot_flip_multitask_s1" / "config.yaml").read_text())
     assert multitask["model"]["algorithm"] == "multitask" and multitask["model"]["adapt"] == "head"
+    assert not multitask["model"]["td_normalize"]  # --meta-extra-args reach the meta-init's runs only
+    meta = yaml.safe_load((tmp_path / "runs" / "acrobot_flip_meta-init_s1" / "config.yaml").read_text())
+    assert meta["model"]["td_normalize"] and meta["data"]["adapt_budget"] == 20
     assert "| acrobot_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
     assert (tmp_path / "out" / "families.png").stat().st_size > 10_000
 
