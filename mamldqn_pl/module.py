@@ -83,6 +83,10 @@ class MAMLDQN(pl.LightningModule):
             meta-test the target network is the frozen initialisation itself, so there it changes nothing.
         advantage_learning: alpha of advantage learning in every TD target, in training and at meta-test
             (0: off): non-greedy actions' targets fall by alpha times their gap, which widens action gaps.
+        pre_loss_weight: lambda of an extra term lambda x (query TD loss of theta itself, before adaptation) in
+            the meta-objective (0: off). The MAML objective alone never asks theta's own policy to be good, and
+            theta collects the data: on sparse-reward families its K = 0 policy never reaches a goal, so no
+            buffer ever holds one. The term makes theta a DQN too (the multitask objective), beside adaptation.
         grad_clip: max norm of the meta-gradient (0: off).
         epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration schedule over meta-steps.
         num_threads: torch CPU threads; 1 suits small networks on a busy small CPU.
@@ -114,6 +118,7 @@ class MAMLDQN(pl.LightningModule):
         double_dqn: bool = False,
         advantage_learning: float = 0.0,
         meta_reduction: Literal["mean", "sum"] = "mean",
+        pre_loss_weight: float = 0.0,
         grad_clip: float = 10.0,
         epsilon_start: float = 1.0,
         epsilon_end: float = 0.05,
@@ -141,6 +146,9 @@ class MAMLDQN(pl.LightningModule):
         require(0.0 <= gamma <= 1.0, f"model.gamma: {gamma} must lie in [0, 1]")
         require(0.0 <= advantage_learning < 1.0,
                 f"model.advantage_learning: {advantage_learning} must lie in [0, 1) (0 turns it off)")
+        require(pre_loss_weight >= 0, f"model.pre_loss_weight: {pre_loss_weight} must be >= 0 (0 turns it off)")
+        require(pre_loss_weight == 0 or algorithm not in ("multitask", "reptile"),
+                f"model.pre_loss_weight: {pre_loss_weight} has no meaning for algorithm {algorithm} (allowed: 0)")
         require(grad_clip >= 0, f"model.grad_clip: {grad_clip} must be >= 0 (0 turns clipping off)")
         require(all(h >= 1 for h in hidden), f"model.hidden: {hidden} must be positive widths")
         require(all(k >= 0 for k in self.test_ks), f"model.test_ks: {self.test_ks} must be >= 0")
@@ -264,11 +272,15 @@ class MAMLDQN(pl.LightningModule):
         if self.algorithm == "reptile":
             return self._reptile_objective(split, support, query)
         post = self.inner.meta_losses(split.q_fn, split.fast, support, query, split.batched_q_fn)
-        pre = None
-        if with_pre:
+        reduce = torch.sum if self.hparams.meta_reduction == "sum" else torch.mean
+        meta_loss, pre, weight = reduce(post), None, self.hparams.get("pre_loss_weight", 0.0)
+        if weight > 0:  # theta's own query loss joins the objective (its gradient flows)
+            pre = self.inner.losses_before(split.q_fn, split.fast, query)
+            meta_loss = meta_loss + weight * reduce(pre)
+            pre = pre.detach()
+        elif with_pre:
             with torch.no_grad():
                 pre = self.inner.losses_before(split.q_fn, split.fast, query)
-        meta_loss = post.sum() if self.hparams.meta_reduction == "sum" else post.mean()
         return meta_loss, pre, post.detach()
 
     def _reptile_objective(self, split: AdaptSplit, support: dict, query: dict) -> tuple[Tensor, Tensor, Tensor]:
