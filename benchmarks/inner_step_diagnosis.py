@@ -9,7 +9,8 @@ best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the cu
 a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the adapted network (5
 episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
 
-    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR] ... [--out docs/results/NAME]
+    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR] ... [--out docs/results/NAME] \
+        [--ks 0 1 3 5 20 100]
 
 `@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with.
 """
@@ -37,12 +38,12 @@ COLUMNS = ("name", "k", "support_td_loss", "signed_td_error", "greedy_changed", 
            "return")
 
 
-def diagnose(name: str, ckpt: str, seed: int = 0) -> list[dict]:
+def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> list[dict]:
     ckpt, _, lr = ckpt.partition("@")
     model, dm = load(ckpt)
     inner = dataclasses.replace(model.inner, lr=float(lr)) if lr else model.inner
     net, family, tasks = model.init_net, dm.family, dm.val_tasks
-    protocol = Protocol.of(dm.hparams, KS, 5, (seed,))
+    protocol = Protocol.of(dm.hparams, ks, 5, (seed,))
     params = {k: v.detach() for k, v in net.named_parameters()}
     n = len(tasks)
     generator = make_generator(seed, 7919)
@@ -62,7 +63,7 @@ def diagnose(name: str, ckpt: str, seed: int = 0) -> list[dict]:
         rows, greedy0 = [], None
         curvature = float(inner.lr * support["x"].pow(2).sum(-1).mean()) if model.adapt == "head" \
             else float("nan")
-        for k, fast in adapted_weights(split, inner, support, KS, n):
+        for k, fast in adapted_weights(split, inner, support, ks, n):
             with torch.no_grad():
                 q = batched_q(net, params, fast, obs).masked_fill(~valid, float("-inf"))
                 q_sa = q.gather(-1, support["actions"].unsqueeze(-1)).squeeze(-1)
@@ -87,9 +88,11 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", help="NAME=PATH of a checkpoint")
     parser.add_argument("--out", default=str(ROOT / "docs/results/inner_step_diagnosis"),
                         help="the README's table is rewritten only for this default")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS),
+                        help="inner steps to measure (the first is the reference for 'greedy actions changed')")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [row for entry in args.checkpoints for row in diagnose(*entry.split("=", 1))]
+    rows = [row for entry in args.checkpoints for row in diagnose(*entry.split("=", 1), ks=tuple(args.ks))]
     write_csv(Path(args.out + ".csv"), COLUMNS, rows)
     lines = ["| checkpoint | K | support TD loss | mean Q(s,a) - target | greedy actions changed | "
              "median action gap (K = 0) | lr x mean feature norm^2 | greedy return |", "|---" * 8 + "|"]

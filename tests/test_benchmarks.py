@@ -106,3 +106,9 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
         assert trained[0][key] == small[0][key]
     assert abs(float(trained[0]["step_curvature"]) / float(small[0]["step_curvature"]) - 50.0) < 1e-3
     assert (tmp_path / "diag.png").stat().st_size > 10_000
+    out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}", "--ks", "0", "3",
+                          "7", "--out", str(tmp_path / "sweep")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [r["k"] for r in sweep] == ["0", "3", "7"]
+    assert sweep[1]["support_td_loss"] == trained[2]["support_td_loss"]  # K = 3 is K = 3, whatever else is asked
