@@ -96,9 +96,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_meta_lr_0.002": {**APT_COSINE, "model.meta_lr": "0.002"},
     "apt_cosine_double_dqn": {**APT_COSINE, "model.double_dqn": "true"},  # theta picks a', theta^- values it
     "apt_cosine_layer_norm": {**APT_COSINE, "model.layer_norm": "true"},  # features of fixed scale (sixth session)
-    # sixth session: shorter runs, the cosine over fewer meta-steps (it follows max_steps), with and without the norm
+    # sixth session: a shorter run, the cosine over fewer meta-steps (it follows max_steps)
     "apt_cosine_8k": {**APT_COSINE, "trainer.max_steps": "8000"},
-    "apt_cosine_layer_norm_8k": {**APT_COSINE, "model.layer_norm": "true", "trainer.max_steps": "8000"},
+    # ... and twice the query rows per task (the issue's "larger query batches": less meta-gradient noise)
+    "apt_cosine_query_256": {**APT_COSINE, "data.query_size": "256"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
