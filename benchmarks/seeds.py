@@ -99,7 +99,7 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # sixth session: a shorter run, the cosine over fewer meta-steps (it follows max_steps)
     "apt_cosine_8k": {**APT_COSINE, "trainer.max_steps": "8000"},
     # ... and twice the query rows per task (the "larger query batches": less meta-gradient noise)
-    "apt_cosine_query_256": {**APT_COSINE, "data.query_size": "256"},
+    "apt_cosine_query_256": {**APT_COSINE, "data.query_size": "256", "data.learning_starts": "384"},  # 128 + 256 first
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
