@@ -4,8 +4,8 @@ scratch fine-tuned with the same K and budget?
     .venv/bin/python benchmarks/families.py                       # the five configs, training seeds 0-2
     .venv/bin/python benchmarks/families.py --configs acrobot --seeds 0 1 2 --variant tdnorm \\
         --extra-args "--model.td_normalize true"                  # a variant of one config
-    .venv/bin/python benchmarks/families.py --configs nav2d --variant metasgd \
-        --meta-extra-args "--model.algorithm metasgd --model.adapt head"  # another algorithm for the meta-init only
+    .venv/bin/python benchmarks/families.py --configs acrobot --variant nstep3_pre1 --extra-args "--data.n_step 3" \\
+        --meta-extra-args "--model.pre_loss_weight 1.0"           # a flag for the meta-init's runs only
 
 For every config and training seed: `mamldqn fit` of the config (validation at K = 0, 1, 3, 5) and of the same
 config with `model.algorithm multitask` (same network, data, budget; it fine-tunes what the config adapts). K is

@@ -9,7 +9,7 @@ best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the cu
 a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the adapted network (5
 episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
 
-    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR] ... [--out docs/results/NAME] \
+    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR] ... [--out docs/results/NAME] \\
         [--ks 0 1 3 5 20 100]
 
 `@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with.
