@@ -168,9 +168,9 @@ class MetaInit:
             for r in range(1, rounds + 1):
                 venv.reset()
                 collect(collector, policy, budget, epsilon)
-                support = support_batch(split, buffers, venv.action_counts, self.n_actions, q_init,
-                                        model.hparams.gamma, torch.device("cpu"), model.inner.advantage) if budget \
-                    else None
+                support = None if not budget else support_batch(
+                    split, buffers, venv.action_counts, self.n_actions, q_init, model.hparams.gamma,
+                    torch.device("cpu"), model.inner.advantage)
                 for kk, fast in adapted_weights(split, model.inner, support, range(k + 1), 1):
                     venv.reset()
                     value = float(greedy_returns(net, params, fast, venv, episodes)[0])

@@ -6,6 +6,7 @@ builds the per-task batches, takes one manual_backward of the meta-loss per meta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -273,14 +274,13 @@ class MAMLDQN(pl.LightningModule):
             return self._reptile_objective(split, support, query)
         post = self.inner.meta_losses(split.q_fn, split.fast, support, query, split.batched_q_fn)
         reduce = torch.sum if self.hparams.meta_reduction == "sum" else torch.mean
-        meta_loss, pre, weight = reduce(post), None, self.hparams.get("pre_loss_weight", 0.0)
-        if weight > 0:  # theta's own query loss joins the objective (its gradient flows)
-            pre = self.inner.losses_before(split.q_fn, split.fast, query)
-            meta_loss = meta_loss + weight * reduce(pre)
-            pre = pre.detach()
-        elif with_pre:
-            with torch.no_grad():
+        meta_loss, pre, weight = reduce(post), None, self.hparams.pre_loss_weight
+        if weight > 0 or with_pre:
+            with contextlib.nullcontext() if weight > 0 else torch.no_grad():  # a weighted loss keeps its graph
                 pre = self.inner.losses_before(split.q_fn, split.fast, query)
+            if weight > 0:
+                meta_loss = meta_loss + weight * reduce(pre)
+            pre = pre.detach()
         return meta_loss, pre, post.detach()
 
     def _reptile_objective(self, split: AdaptSplit, support: dict, query: dict) -> tuple[Tensor, Tensor, Tensor]:
