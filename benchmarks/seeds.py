@@ -100,6 +100,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_8k": {**APT_COSINE, "trainer.max_steps": "8000"},
     # ... and twice the query rows per task (the "larger query batches": less meta-gradient noise)
     "apt_cosine_query_256": {**APT_COSINE, "data.query_size": "256", "data.learning_starts": "384"},  # 128 + 256 first
+    # seventh session: CartPole DQN's known late collapse (a good policy's data narrows to upright states): keep
+    # theta's own collection exploring at the meta-test support's rate (epsilon_adapt 0.25) instead of 0.05
+    "apt_cosine_eps_0.25": {**APT_COSINE, "model.epsilon_end": "0.25"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
