@@ -103,6 +103,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # seventh session: CartPole DQN's known late collapse (a good policy's data narrows to upright states): keep
     # theta's own collection exploring at the meta-test support's rate (epsilon_adapt 0.25) instead of 0.05
     "apt_cosine_eps_0.25": {**APT_COSINE, "model.epsilon_end": "0.25"},
+    # issue 13: the data side in a second process; each batch collected with the weights one meta-step old
+    "apt_cosine_process": {**APT_COSINE, "data.collection": "process"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",

@@ -183,7 +183,7 @@ class MAMLDQN(pl.LightningModule):
             torch.set_num_threads(self.hparams.num_threads)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values)
+            datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
 
     @property
     def init_net(self) -> QNetwork:
@@ -230,6 +230,15 @@ class MAMLDQN(pl.LightningModule):
             return batched_q(self.net, params, fast, obs.unsqueeze(1)).squeeze(1).cpu()
 
         return q
+
+    def policy_tensors(self) -> dict[str, Tensor]:
+        """Every tensor that q_values and adapted_q_values read (theta, theta^-, Meta-SGD's rates), by name: a
+        collection process copies these into its own copy of the module to act exactly as this one would."""
+        out = {f"net.{k}": v for k, v in self.net.state_dict(keep_vars=True).items()}
+        out.update({f"target_net.{k}": v for k, v in self.target_net.state_dict(keep_vars=True).items()})
+        if self.log_inner_lr is not None:
+            out["log_inner_lr"] = self.log_inner_lr
+        return out
 
     def epsilon(self) -> float:
         hp = self.hparams

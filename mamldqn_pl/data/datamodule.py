@@ -2,7 +2,8 @@
 
 Data flows one way: tasks -> env/collector -> buffers -> support/query batches. The only thing that comes
 back from the module is the policy used to collect (`attach_policy`), as in any DQN. num_workers stays 0:
-a worker process would hold stale copies of the policy and the buffers.
+a DataLoader worker would hold stale copies of the policy and the buffers; `data.collection process` has its
+own process instead, which is handed the policy before every batch (data/ahead.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
+from mamldqn_pl.data.ahead import CollectionProcess
 from mamldqn_pl.data.collector import AdaptedQValues, Collector, QValues, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
@@ -29,8 +31,9 @@ class _MetaStepTickets(IterableDataset):
 
     When Lightning cannot know an epoch's length (a float limit_train_batches) it fetches one item ahead of
     the step it trains: collecting there would act with weights one step old and leave, at a checkpoint, a
-    batch collected but never trained on. A ticket costs nothing, so collection always happens right before
-    its own meta-step, with the current weights, and a checkpoint after step N holds the data state of step N.
+    batch collected but never trained on. A ticket costs nothing, so collection happens when the meta-step
+    asks for its batch, and a checkpoint after step N holds the data state of step N (with `data.collection`
+    ahead or process, that includes step N+1's batch, collected ahead with step N's weights).
     """
 
     def __iter__(self) -> Iterator[int]:
@@ -79,6 +82,12 @@ class MetaDQNDataModule(pl.LightningDataModule):
             meta-step to the next (a flipped task's episode ends as soon as theta acts); "task": the first
             collect_adapted share of the pool's slots always act with their adapted policy and the rest with
             theta, so adapted episodes run as long as the adapted policy keeps them going, as at meta-test.
+        collection: when and where each meta-step's batch is collected. "current" (the validated default):
+            right before its meta-step, with the current theta. "ahead": meta-step t+1's batch is collected
+            with theta_t (and step t's epsilon) before step t trains, so the data lag theta by one meta-step: a
+            different run from "current", not a faster copy of it. "process": the batches of "ahead", bitwise,
+            collected by a forked CPU process while step t trains, which takes the data side (collection, warm
+            starts, sampling) off the training path. One process, a CPU module (the fork cannot use CUDA).
         n_step: TD targets over this many consecutive transitions of an episode (1: plain one-step DQN). Each
             sampled transition carries the next n_step - 1 rewards of its episode (ReplayBuffers); the same
             holds for the meta-test support. Reward reaches the values n times faster per bootstrap, which
@@ -110,6 +119,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         support_from: str = "random",
         collect_adapted: float = 0.0,
         collect_adapted_per: str = "meta_step",
+        collection: str = "current",
         n_step: int = 1,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
@@ -157,6 +167,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         require(isinstance(n_step, int) and n_step >= 1, f"data.n_step: {n_step!r} must be an integer >= 1")
         require(collect_adapted_per in ("meta_step", "task"),
                 f"data.collect_adapted_per: {collect_adapted_per!r}; allowed: meta_step, task")
+        require(collection in ("current", "ahead", "process"),
+                f"data.collection: {collection!r}; allowed: current, ahead, process")
         require(len({train_seed, val_seed, test_seed}) == 3,
                 f"data seeds must differ: train {train_seed}, val {val_seed}, test {test_seed}")
         self.obs_dim = self.family.obs_dim
@@ -168,18 +180,36 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self._q_values: QValues | None = None
         self._adapted_q_values: AdaptedQValues | None = None
         self._epsilon: Callable[[], float] = lambda: 1.0
+        self._policy_tensors: Callable[[], dict[str, torch.Tensor]] = dict
+        self._pending: dict | None = None  # the next meta-step's batch, collected ahead
+        self._process: CollectionProcess | None = None
         self._built = False
 
     # ---- wiring -------------------------------------------------------------------------------------------
     def attach_policy(self, q_values: QValues, epsilon: Callable[[], float],
-                      adapted_q_values: AdaptedQValues | None = None) -> None:
+                      adapted_q_values: AdaptedQValues | None = None,
+                      policy_tensors: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
         """The module's current Q-function (obs -> values, on CPU), exploration schedule and, for
-        collect_adapted, the map from a support batch to each task's adapted Q-function."""
+        collect_adapted, the map from a support batch to each task's adapted Q-function; for collection
+        "process", the tensors those two read (the process acts with a copy of them)."""
         self._q_values, self._epsilon, self._adapted_q_values = q_values, epsilon, adapted_q_values
+        self._policy_tensors = policy_tensors or dict
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self._built:
             self._build(rank=world()[0])
+
+    def teardown(self, stage: str) -> None:
+        """The collection process hands its data state back (this process's copy is stale while it runs)."""
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        if process.in_flight:
+            self._pending = process.receive()
+        self._load_local(process.stop())
 
     def _build(self, rank: int, salt: int = 0) -> None:
         """Training streams mix the run's seed (seed_everything), the task seed and the rank: each rank its own
@@ -197,6 +227,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
                                      n_step=hp.n_step)
         self.collector = Collector(self.env, self.buffers, self.generator)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
+        self._pending = None
         self._built = True
 
     def train_dataloader(self) -> DataLoader:
@@ -212,14 +243,14 @@ class MetaDQNDataModule(pl.LightningDataModule):
         return DataLoader([0], batch_size=None)  # the meta-test protocol runs in the module's test hooks
 
     # ---- one meta-batch -----------------------------------------------------------------------------------
-    def _warm_start(self, slots: np.ndarray) -> None:
+    def _warm_start(self, slots: np.ndarray, q_values: QValues, epsilon: float) -> None:
         """New tasks, like at meta-test: adapt_budget steps of the init at epsilon_adapt, then top up."""
         hp = self.hparams
         self.collector.restart(slots)
         for _ in range(hp.adapt_budget):
-            self.collector.step(slots, self._q_values, hp.epsilon_adapt)
+            self.collector.step(slots, q_values, hp.epsilon_adapt)
         for _ in range(hp.learning_starts - hp.adapt_budget):
-            self.collector.step(slots, self._q_values, self._epsilon())
+            self.collector.step(slots, q_values, epsilon)
         self.warm[slots] = True
 
     def _retire(self) -> None:
@@ -240,7 +271,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
             return self.buffers.sample_after_first(tasks, hp.support_size, n_query, self.generator)
         return self.buffers.sample_disjoint(tasks, hp.support_size, n_query, self.generator)
 
-    def _collect(self, tasks: torch.Tensor, counts: torch.Tensor) -> None:
+    def _collect(self, tasks: torch.Tensor, counts: torch.Tensor, q_values: QValues,
+                 adapted_q_values: AdaptedQValues | None, epsilon: float) -> None:
         """collect_steps env steps in each sampled task: the first collect_adapted share of them (a random
         subset: `tasks` is a random draw), or with collect_adapted_per "task" those in the adapted slots, act
         with their adapted policy, the rest with theta's."""
@@ -251,33 +283,61 @@ class MetaDQNDataModule(pl.LightningDataModule):
             tasks, counts, n_adapted = tasks[order], counts[order], int(first.sum())
         else:
             n_adapted = round(hp.collect_adapted * len(tasks))
-        q_values = self._q_values
         if n_adapted:
-            if self._adapted_q_values is None:
+            if adapted_q_values is None:
                 raise RuntimeError("data.collect_adapted > 0 needs the module's adapted policy (attach_policy)")
             support, _ = self._support_query(tasks[:n_adapted], 0)
-            adapted = self._adapted_q_values(support, valid_actions(counts[:n_adapted], self.n_actions))
-            theta = self._q_values
+            adapted = adapted_q_values(support, valid_actions(counts[:n_adapted], self.n_actions))
+            theta = q_values
 
             def q_values(obs: torch.Tensor) -> torch.Tensor:  # rows in the order of `tasks`
                 parts = [adapted(obs[:n_adapted])] + ([theta(obs[n_adapted:])] if n_adapted < len(obs) else [])
                 return torch.cat(parts)
 
-        epsilon, slots = self._epsilon(), tasks.numpy()
+        slots = tasks.numpy()
         for _ in range(hp.collect_steps):
             self.collector.step(slots, q_values, epsilon)
 
     def next_batch(self) -> dict:
-        """Collect with the current policy, then draw disjoint support/query batches for m sampled tasks."""
+        """This meta-step's batch: collected now with the current policy ("current"), or the one collected
+        ahead at the previous step, while the next one is collected with the current policy ("ahead": here,
+        "process": in the collection process, while this step trains)."""
         if self._q_values is None:
             raise RuntimeError("no policy attached: the module calls attach_policy() in setup()")
+        mode = self.hparams.collection
+        if mode == "current" and self._pending is None:
+            return self._make_batch(self._q_values, self._adapted_q_values, self._epsilon())
+        if self._pending is None and (self._process is None or not self._process.in_flight):
+            self._pending = self._make_batch(self._q_values, self._adapted_q_values, self._epsilon())
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+        else:
+            batch = self._process.receive()
+        if mode == "ahead":
+            self._pending = self._make_batch(self._q_values, self._adapted_q_values, self._epsilon())
+        elif mode == "process":
+            if self._process is None:
+                self._process = self._start_process()
+            self._process.request(self._policy_tensors(), self._epsilon())
+        return batch
+
+    def _start_process(self) -> CollectionProcess:
+        require(world()[1] == 1, "data.collection: process runs one collection process per run; with "
+                                 f"{world()[1]} processes (DDP) use ahead")
+        device = {t.device.type for t in self._policy_tensors().values()}
+        require(device <= {"cpu"}, f"data.collection: process needs the module on the CPU (it is on "
+                                   f"{', '.join(sorted(device))}); use ahead")
+        return CollectionProcess(self)
+
+    def _make_batch(self, q_values: QValues, adapted_q_values: AdaptedQValues | None, epsilon: float) -> dict:
+        """Collect with the given policy, then draw disjoint support/query batches for m sampled tasks."""
         hp = self.hparams
         if not self.warm.all():
-            self._warm_start(np.flatnonzero(~self.warm))
+            self._warm_start(np.flatnonzero(~self.warm), q_values, epsilon)
         tasks = torch.randperm(hp.pool_size, generator=self.generator)[: hp.tasks_per_batch]
         slots = tasks.numpy()
         counts = torch.from_numpy(self.env.action_counts[slots])  # before a retirement changes the slots' tasks
-        self._collect(tasks, counts)
+        self._collect(tasks, counts, q_values, adapted_q_values, epsilon)
         support, query = self._support_query(tasks, hp.query_size)
         self._retire()
         self.batches += 1
@@ -295,7 +355,19 @@ class MetaDQNDataModule(pl.LightningDataModule):
         """Every rank's pool, buffers, env and RNG state (gathered: only rank 0 writes the checkpoint)."""
         if not self._built:
             return {}
-        local = {
+        if self._process is not None:  # the process holds the data state; the batch in flight is received first
+            if self._process.in_flight:
+                self._pending = self._process.receive()
+            local = self._process.state()
+        else:
+            local = self._local_state()
+        if self._pending is not None:  # collected ahead for the next meta-step: a resume trains on it
+            local = {**local, "pending": self._pending}
+        ranks = gather_objects(local)
+        return {"world_size": len(ranks), "ranks": ranks}
+
+    def _local_state(self) -> dict:
+        return {
             "pool": [t.to_dict() for t in self.pool],
             "buffers": self.buffers.state_dict(),
             "env": self.env.get_state(),
@@ -309,13 +381,12 @@ class MetaDQNDataModule(pl.LightningDataModule):
                 "env": self.env.generator.get_state(),
             },
         }
-        ranks = gather_objects(local)
-        return {"world_size": len(ranks), "ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore this rank's own state; with another world size, re-seed fresh pools and say so."""
         if not state:
             return
+        self._stop_process()
         rank, size = world()
         if state.get("world_size") != size:
             batches = max(r["batches"] for r in state["ranks"])
@@ -346,3 +417,4 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.task_generator.set_state(state["rng"]["task"])
         self.generator.set_state(state["rng"]["collect"])
         self.env.generator.set_state(state["rng"]["env"])
+        self._pending = state.get("pending")
