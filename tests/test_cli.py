@@ -100,6 +100,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--data.collect_adapted", "1.5"], "data.collect_adapted: 1.5 must lie in [0, 1]"),
     (["--data.n_step", "0"], "data.n_step: 0 must be an integer >= 1"),
     (["--data.collect_adapted_per", "episode"], "data.collect_adapted_per: 'episode'; allowed: meta_step, task"),
+    (["--data.collection", "thread"], "data.collection: 'thread'; allowed: current, ahead, process"),
     (["--trainer.accelerator", "gpu"] if not torch.cuda.is_available() else ["--trainer.accelerator", "tpu"],
      "mamldqn: error: trainer:"),
     # unknown keys and wrong types (jsonargparse's message, folded onto one line)

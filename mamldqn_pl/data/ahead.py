@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
+import signal
 import traceback
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,11 @@ def _numpy_to_tensors(obj: Any) -> Any:
     return torch.from_numpy(obj)
 
 
-def _serve(conn: Connection, dm: MetaDQNDataModule, shared: dict[str, Tensor]) -> None:
+def _serve(conn: Connection, trainer_end: Connection, dm: MetaDQNDataModule, shared: dict[str, Tensor]) -> None:
     """The process's loop: one reply per request, in order; returns when the trainer stops it or dies."""
+    trainer_end.close()  # the fork's copy of it: with it open, the trainer's death would never close the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it then stops this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not Lightning's handler, inherited: it would survive SIGTERM
     torch.set_num_threads(1)
     live = dm._policy_tensors()
     try:
@@ -61,7 +65,7 @@ def _serve(conn: Connection, dm: MetaDQNDataModule, shared: dict[str, Tensor]) -
             conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
             if kind == "stop" or reply[0] == "error":
                 return
-    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the trainer is gone (killed or interrupted): nothing to hand back
 
 
@@ -74,7 +78,7 @@ class CollectionProcess:
         self.shared = {name: t.detach().clone().share_memory_() for name, t in live.items()}
         ctx = mp.get_context("fork")  # the process starts from this one's data state and module
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_serve, args=(child, dm, self.shared), daemon=True,
+        self.process = ctx.Process(target=_serve, args=(child, self.conn, dm, self.shared), daemon=True,
                                    name="mamldqn-collection")
         self.process.start()
         child.close()

@@ -207,6 +207,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         if self._process is None:
             return
         process, self._process = self._process, None
+        if not process.process.is_alive():  # it failed: receive() has raised why; its state is gone with it
+            return
         if process.in_flight:
             self._pending = process.receive()
         self._load_local(process.stop())
