@@ -2,10 +2,15 @@
 baseline commit, side by side: both run at the same time, one per core, in the same venv, so that they meet the
 same machine. Writes docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
 
-    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000] [--keep DIR]
+    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000] [--keep DIR] \\
+        [--sequential] [--extra-args "--data.collection process"]
 
 `--keep DIR` copies this tree's run folder (checkpoints, logs, the adaptation report) to DIR: `cp
 DIR/adaptation.* docs/` and `benchmarks/make_run_table.py` then give the README's `make run` table from that run.
+
+`--sequential` runs the baseline first and then this tree, each alone on the machine: a tree whose fit uses a
+collection process (`data.collection process`) needs both cores, so one run per core would starve it. `--extra-args`
+adds `mamldqn fit` flags to this tree's run only.
 
 The baseline is checked out as a git worktree under the system's temp folder; nothing of this tree changes.
 """
@@ -32,12 +37,13 @@ COLUMNS = ("tree", "commit", "fit_s", "test_s", "total_s", "ratio_to_baseline", 
            "k5_flip_mean")
 
 
-def make_run(tree: Path, run_dir: Path, steps: int) -> dict:
+def make_run(tree: Path, run_dir: Path, steps: int, fit_args: tuple[str, ...] = ()) -> dict:
     """`make run`'s two commands, timed, with the package imported from `tree`."""
     env_python = [sys.executable, "-m", "mamldqn_pl"]
     config = ["--config", "configs/cartpole.yaml", "--run_dir", str(run_dir)]
     times = {}
-    for command, extra in (("fit", ["--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false"]),
+    for command, extra in (("fit", ["--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false",
+                                     *fit_args]),
                            ("test", [])):
         start = time.time()
         out = subprocess.run([*env_python, command, *config, *extra], cwd=tree, capture_output=True, text=True,
@@ -61,6 +67,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12000, help="configs/cartpole.yaml's max_steps")
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     parser.add_argument("--keep", default=None, help="copy this tree's run folder here")
+    parser.add_argument("--sequential", action="store_true", help="the two trees one after the other, each alone")
+    parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for this tree's run")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -70,11 +78,16 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            label = head.strip() + (" + uncommitted changes" if dirty else "")
-            trees = {"baseline": (base, args.baseline), "this commit": (ROOT, label)}
-            with ThreadPoolExecutor(2) as pool:
-                results = dict(zip(trees, pool.map(lambda t: make_run(t[0], Path(tmp) / f"run_{t[1][:7]}", args.steps),
-                                                   trees.values())))
+            label = head.strip() + (" + uncommitted changes" if dirty else "") + (
+                f", {args.extra_args}" if args.extra_args else "")
+            trees = {"baseline": (base, args.baseline, ()),
+                     "this commit": (ROOT, label, tuple(args.extra_args.split()))}
+
+            def run(tree: tuple) -> dict:
+                return make_run(tree[0], Path(tmp) / f"run_{tree[1][:7]}", args.steps, tree[2])
+
+            with ThreadPoolExecutor(1 if args.sequential else 2) as pool:
+                results = dict(zip(trees, pool.map(run, trees.values())))
             if args.keep:
                 shutil.copytree(Path(tmp) / f"run_{trees['this commit'][1][:7]}", args.keep, dirs_exist_ok=True)
         finally:

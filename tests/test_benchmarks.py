@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 
+import torch
 import yaml
 from conftest import ROOT, TINY
 
@@ -75,12 +76,16 @@ def test_speed_benchmark_quick_prints_every_row():
 
 def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
-                          "--out", str(tmp_path), "--keep", str(tmp_path / "kept")], cwd=ROOT, capture_output=True,
+                          "--out", str(tmp_path), "--keep", str(tmp_path / "kept"), "--sequential",
+                          "--extra-args", "--data.collection process"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kept" / "adaptation.csv").is_file() and (tmp_path / "kept" / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader(open(tmp_path / "make_run_speed.csv")))
     assert [r["tree"] for r in rows] == ["baseline", "this commit"]
+    assert rows[1]["commit"].endswith(", --data.collection process")  # the flags ran on this tree only
+    kept = torch.load(tmp_path / "kept" / "checkpoints/last.ckpt", weights_only=False)
+    assert kept["datamodule_hyper_parameters"]["collection"] == "process"
     assert rows[0]["ratio_to_baseline"] == "1.0" and float(rows[1]["ratio_to_baseline"]) > 0
     assert all(float(r["fit_s"]) > 0 and float(r["test_s"]) > 0 for r in rows)
     assert all(float(r["k5_ci_low"]) <= float(r["k5_mean"]) <= float(r["k5_ci_high"]) for r in rows)
