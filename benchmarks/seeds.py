@@ -103,6 +103,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # seventh session: CartPole DQN's known late collapse (a good policy's data narrows to upright states): keep
     # theta's own collection exploring at the meta-test support's rate (epsilon_adapt 0.25) instead of 0.05
     "apt_cosine_eps_0.25": {**APT_COSINE, "model.epsilon_end": "0.25"},
+    # ... and theta's own query TD loss in the meta-objective (weight 0.1): the frozen init computes the meta-test
+    # support's TD targets, and its own values drift from accurate over training (query_loss_pre rises ~0.9)
+    "apt_cosine_pre_0.1": {**APT_COSINE, "model.pre_loss_weight": "0.1"},
     # issue 13: the data side in a second process; each batch collected with the weights one meta-step old
     "apt_cosine_process": {**APT_COSINE, "data.collection": "process"},
 }
