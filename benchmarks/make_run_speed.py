@@ -8,9 +8,9 @@ same machine. Writes docs/results/make_run_speed.{csv,md} and the README table b
 `--keep DIR` copies this tree's run folder (checkpoints, logs, the adaptation report) to DIR: `cp
 DIR/adaptation.* docs/` and `benchmarks/make_run_table.py` then give the README's `make run` table from that run.
 
-`--sequential` runs the baseline first and then this tree, each alone on the machine: a tree whose fit uses a
-collection process (`data.collection process`) needs both cores, so one run per core would starve it. `--extra-args`
-adds `mamldqn fit` flags to this tree's run only.
+`--sequential` runs the trees one after the other, each alone on the machine: a fit with a collection process
+(`data.collection process`) needs both cores, so one run per core would starve it. `--extra-args` adds a third
+run: this tree with those `mamldqn fit` flags (`--keep` then keeps that run's folder).
 
 The baseline is checked out as a git worktree under the system's temp folder; nothing of this tree changes.
 """
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     parser.add_argument("--keep", default=None, help="copy this tree's run folder here")
     parser.add_argument("--sequential", action="store_true", help="the two trees one after the other, each alone")
-    parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for this tree's run")
+    parser.add_argument("--extra-args", default="", help="also run this tree with these `mamldqn fit` flags")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -78,18 +78,20 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            label = head.strip() + (" + uncommitted changes" if dirty else "") + (
-                f", {args.extra_args}" if args.extra_args else "")
-            trees = {"baseline": (base, args.baseline, ()),
-                     "this commit": (ROOT, label, tuple(args.extra_args.split()))}
+            label = head.strip() + (" + uncommitted changes" if dirty else "")
+            trees = {"baseline": (base, args.baseline, ()), "this commit": (ROOT, label, ())}
+            if args.extra_args:  # this tree's default run, and beside it the run with the flags
+                trees["this commit, flags"] = (ROOT, f"{label}, {args.extra_args}", tuple(args.extra_args.split()))
+            folder = {name: Path(tmp) / f"run_{i}" for i, name in enumerate(trees)}
 
-            def run(tree: tuple) -> dict:
-                return make_run(tree[0], Path(tmp) / f"run_{tree[1][:7]}", args.steps, tree[2])
+            def run(name: str) -> dict:
+                tree, _, fit_args = trees[name]
+                return make_run(tree, folder[name], args.steps, fit_args)
 
             with ThreadPoolExecutor(1 if args.sequential else 2) as pool:
-                results = dict(zip(trees, pool.map(run, trees.values())))
+                results = dict(zip(trees, pool.map(run, trees)))
             if args.keep:
-                shutil.copytree(Path(tmp) / f"run_{trees['this commit'][1][:7]}", args.keep, dirs_exist_ok=True)
+                shutil.copytree(folder[list(trees)[-1]], args.keep, dirs_exist_ok=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
     base_total = results["baseline"]["total_s"]
