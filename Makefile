@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/cartpole.yaml
 RUN_DIR ?= lightning_logs/cartpole
+FIT_ARGS ?=
 
 .PHONY: run test bench venv clean
 
@@ -20,9 +21,10 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 venv: $(VENV)/.installed
 
 # Meta-train on the default config (a fresh run folder each time), then print the adaptation report.
+# FIT_ARGS adds flags to the fit, e.g. FIT_ARGS="--data.collection process" (README, Speed).
 run: venv
 	rm -rf $(RUN_DIR)
-	$(BIN)/mamldqn fit --config $(CONFIG) --run_dir $(RUN_DIR)
+	$(BIN)/mamldqn fit --config $(CONFIG) --run_dir $(RUN_DIR) $(FIT_ARGS)
 	$(BIN)/mamldqn test --config $(CONFIG) --run_dir $(RUN_DIR)
 
 test: venv
