@@ -150,3 +150,14 @@ def test_ctrl_c_or_sigterm_stops_the_trainer_and_its_collection_process(tmp_path
     time.sleep(1)
     left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout
     assert left == "", f"processes left: {left}"
+
+
+def test_a_killed_collection_process_is_reported_with_its_exit_code():
+    dm = MetaDQNDataModule(**SMALL_DATA, collection="process")
+    dm.attach_policy(lambda obs: torch.zeros(len(obs), 2), lambda: 1.0, policy_tensors=dict)
+    dm.setup("fit")
+    dm.next_batch()  # the first batch here, the second one in flight in the process
+    os.kill(dm._process.process.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"collection process \(pid \d+\) died; exit code -9"):
+        dm.next_batch()
+    dm.teardown("fit")  # nothing to hand back from a dead process; no hang

@@ -96,6 +96,7 @@ class CollectionProcess:
         try:
             kind, payload = pickle.loads(self.conn.recv_bytes())
         except (EOFError, ConnectionResetError):
+            self.process.join(timeout=5)  # reaped, so that its exit code (a signal: negative) can be told
             raise RuntimeError(f"the collection process (pid {self.process.pid}) died; exit code "
                                f"{self.process.exitcode}") from None
         if kind == "error":
