@@ -78,8 +78,8 @@ class LinearHeadMetaLoss(torch.autograd.Function):
         want_xs = ctx.needs_input_grad[2] and not ctx.first_order
         g_w = g_b = g_xq = g_xs = None
 
-        def add(total: Tensor | None, term: Tensor) -> Tensor:
-            return term if total is None else total + term
+        def add(total: Tensor | None, term: Tensor) -> Tensor:  # in place: the sums are fresh tensors of ours
+            return term if total is None else total.add_(term)
 
         for j in range(len(weights) - 1, -1, -1):
             if weights[j]:  # the query loss taken after step j
