@@ -117,3 +117,14 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
     sweep = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert [r["k"] for r in sweep] == ["0", "3", "7"]
     assert sweep[1]["support_td_loss"] == trained[2]["support_td_loss"]  # K = 3 is K = 3, whatever else is asked
+    # val_noise.py on the same checkpoint: sigma 0 is the unperturbed return, bitwise, in every draw
+    out = subprocess.run([sys.executable, "benchmarks/val_noise.py", f"trained={ckpt}", "--k", "1", "--sigmas", "0",
+                          "0.05", "--draws", "2", "--out", str(tmp_path / "noise")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    zero, noisy = list(csv.DictReader(open(tmp_path / "noise.csv")))
+    assert zero["std"] == "0.0" and zero["mean"] == zero["unperturbed"] == zero["min"] == zero["max"]
+    assert float(noisy["min"]) <= float(noisy["mean"]) <= float(noisy["max"]) and noisy["draws"] == "2"
+    bad = subprocess.run([sys.executable, "benchmarks/val_noise.py", "no_label.ckpt"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode != 0 and "give LABEL=PATH" in bad.stderr
