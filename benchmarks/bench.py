@@ -235,7 +235,8 @@ def timed_fit(steps: int, tmp: str, *extra: str) -> tuple[MAMLDQNCLI, float, flo
 
 def bench_fit_vs_bare(steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        _, process_rate, process_typical = timed_fit(steps, f"{tmp}/process", "--data.collection", "process")
+        _, process_rate, process_typical = timed_fit(steps, f"{tmp}/process", "--data.collection", "process",
+                                                     "--trainer.accelerator", "cpu")  # the process is CPU-only
         cli, fit_rate, typical_rate = timed_fit(steps, f"{tmp}/current")
         model, dm = cli.model, cli.datamodule
         batches = [dm.next_batch() for _ in range(100)]

@@ -77,13 +77,14 @@ def test_speed_benchmark_quick_prints_every_row():
 def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
                           "--out", str(tmp_path), "--keep", str(tmp_path / "kept"), "--sequential",
-                          "--extra-args", "--data.collection process"], cwd=ROOT, capture_output=True,
+                          "--extra-args", "--data.collection process --trainer.accelerator cpu"], cwd=ROOT,
+                         capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kept" / "adaptation.csv").is_file() and (tmp_path / "kept" / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader(open(tmp_path / "make_run_speed.csv")))
     assert [r["tree"] for r in rows] == ["baseline", "this commit", "this commit, flags"]
-    assert rows[2]["commit"].endswith(", --data.collection process")  # a third run, with the flags
+    assert rows[2]["commit"].endswith(", --data.collection process --trainer.accelerator cpu")  # a third run
     kept = torch.load(tmp_path / "kept" / "checkpoints/last.ckpt", weights_only=False)
     assert kept["datamodule_hyper_parameters"]["collection"] == "process"
     assert rows[0]["ratio_to_baseline"] == "1.0" and float(rows[1]["ratio_to_baseline"]) > 0

@@ -97,7 +97,9 @@ def test_the_collection_process_exits_when_the_trainer_dies():
     assert not process.process.is_alive() and process.process.exitcode == 0
 
 
-SENSITIVE = ["--model.epsilon_start", "0.0", "--model.epsilon_end", "0.0", "--model.meta_lr", "0.05"]
+# greedy collection and a large meta-lr; the CPU also on a GPU machine (the collection process is CPU-only)
+SENSITIVE = ["--model.epsilon_start", "0.0", "--model.epsilon_end", "0.0", "--model.meta_lr", "0.05",
+             "--trainer.accelerator", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +140,7 @@ def test_ctrl_c_or_sigterm_stops_the_trainer_and_its_collection_process(tmp_path
     """Lightning's own handlers are inherited by the fork; the process must not outlive the trainer."""
     run = tmp_path / "signalled"
     proc = subprocess.Popen([sys.executable, "-m", "mamldqn_pl", "fit", *TINY, "--data.collection", "process",
+                             "--trainer.accelerator", "cpu",
                              "--trainer.max_steps", "100000", "--run_dir", str(run)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setsid()))
