@@ -139,17 +139,25 @@ def test_a_run_with_the_collection_process_stopped_and_resumed_equals_an_uninter
 def test_ctrl_c_or_sigterm_stops_the_trainer_and_its_collection_process(tmp_path, sig):
     """Lightning's own handlers are inherited by the fork; the process must not outlive the trainer."""
     run = tmp_path / "signalled"
-    proc = subprocess.Popen([sys.executable, "-m", "mamldqn_pl", "fit", *TINY, "--data.collection", "process",
-                             "--trainer.accelerator", "cpu",
-                             "--trainer.max_steps", "100000", "--run_dir", str(run)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setsid()))
+    # Python's own Ctrl-C handler even where this test runs with SIGINT ignored (a background job), in a session
+    # of its own; faulthandler, to show where it hangs if it ever does
+    cli = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from mamldqn_pl.cli import main; main(sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", cli, "fit", *TINY, "--data.collection",
+                             "process", "--trainer.accelerator", "cpu", "--trainer.max_steps", "100000",
+                             "--run_dir", str(run)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "stderr.txt", "w"), start_new_session=True)
     deadline = time.time() + 120
     while not (run / "checkpoints/last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.5)
     assert (run / "checkpoints/last.ckpt").exists()
     os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole group; SIGTERM here too
-    proc.wait(timeout=60)  # Lightning exits 1 on Ctrl-C; on SIGTERM it may stop as at max_steps, 0
+    try:
+        proc.wait(timeout=60)  # Lightning exits 1 on Ctrl-C; on SIGTERM it may stop as at max_steps, 0
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+        proc.wait(timeout=30)
+        pytest.fail(f"no exit 60 s after the signal:\n{(tmp_path / 'stderr.txt').read_text()[-5000:]}")
     time.sleep(1)
     left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout
     assert left == "", f"processes left: {left}"

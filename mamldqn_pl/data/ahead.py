@@ -114,6 +114,12 @@ class CollectionProcess:
         self.conn.send(("state", None))
         return self._reply("state")
 
+    def kill(self) -> None:
+        """End the process without its state (after an exception the pipe may hold half a message)."""
+        self.process.terminate()
+        self.process.join(timeout=10)
+        self.conn.close()
+
     def stop(self) -> dict:
         """The data state, handed back; the process exits."""
         assert not self.in_flight, "receive the batch in flight first"

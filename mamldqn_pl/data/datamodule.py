@@ -203,6 +203,12 @@ class MetaDQNDataModule(pl.LightningDataModule):
         """The collection process hands its data state back (this process's copy is stale while it runs)."""
         self._stop_process()
 
+    def on_exception(self, exception: BaseException) -> None:
+        """Ctrl-C or an error ends the fit: the collection process goes at once, not at interpreter exit."""
+        if self._process is not None:
+            process, self._process = self._process, None
+            process.kill()
+
     def _stop_process(self) -> None:
         if self._process is None:
             return
