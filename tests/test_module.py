@@ -109,7 +109,7 @@ def test_retire_every_replaces_tasks_only_at_its_checks_and_warm_starts_them_tog
     warm_starts: list[list[int]] = []
     warm_start, retire = dm._warm_start, dm._retire
     monkeypatch.setattr(dm, "_warm_start",
-                        lambda slots: (warm_starts.append(sorted(slots.tolist())), warm_start(slots)))
+                        lambda slots, *policy: (warm_starts.append(sorted(slots.tolist())), warm_start(slots, *policy)))
     checks: list[tuple[int, list[int], list[int]]] = []  # (batch, slots past retire_after, slots replaced)
 
     def watched_retire():
