@@ -106,6 +106,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # ... and theta's own query TD loss in the meta-objective (weight 0.1): the frozen init computes the meta-test
     # support's TD targets, and its own values drift from accurate over training (query_loss_pre rises ~0.9)
     "apt_cosine_pre_0.1": {**APT_COSINE, "model.pre_loss_weight": "0.1"},
+    # is a collapse the init's or the task stream's? Same seed_everything (the same initial weights), another
+    # stream of training tasks, collection and env draws (data.train_seed; validation and test tasks unchanged)
+    "apt_cosine_stream_3": {**APT_COSINE, "data.train_seed": "3"},
+    "apt_cosine_stream_4": {**APT_COSINE, "data.train_seed": "4"},
     # issue 13: the data side in a second process; each batch collected with the weights one meta-step old
     "apt_cosine_process": {**APT_COSINE, "data.collection": "process"},
 }
