@@ -1,6 +1,7 @@
 """Issue 13, item 4: `make run`'s work (fit + test of configs/cartpole.yaml, seed 0) at this commit against a
-baseline commit, side by side: both run at the same time, one per core, in the same venv, so that they meet the
-same machine. Writes docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
+baseline commit, side by side: both run at the same time, one per core (or one after the other with
+`--sequential`), in the same venv, so that they meet the same machine. Writes
+docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
 
     .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000] [--keep DIR] \\
         [--sequential] [--extra-args "--data.collection process"]
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12000, help="configs/cartpole.yaml's max_steps")
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     parser.add_argument("--keep", default=None, help="copy this tree's run folder here")
-    parser.add_argument("--sequential", action="store_true", help="the two trees one after the other, each alone")
+    parser.add_argument("--sequential", action="store_true", help="the runs one after the other, each alone")
     parser.add_argument("--extra-args", default="", help="also run this tree with these `mamldqn fit` flags")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout

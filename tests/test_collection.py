@@ -90,7 +90,7 @@ def test_the_collection_process_exits_when_the_trainer_dies():
     dm = MetaDQNDataModule(**SMALL_DATA, collection="process")
     dm.attach_policy(lambda obs: torch.zeros(len(obs), 2), lambda: 1.0, policy_tensors=dict)
     dm.setup("fit")
-    process = CollectionProcess(dm)
+    process = CollectionProcess(dm, dm._policy_tensors())
     assert process.process.is_alive()
     process.conn.close()  # what the trainer's death does to the pipe
     process.process.join(timeout=10)

@@ -73,8 +73,9 @@ class CollectionProcess:
     """The trainer's handle: `request` starts batch t+1, `receive` waits for it; `state` and `stop` fetch the
     data state (after any batch in flight, which the caller must have received first)."""
 
-    def __init__(self, dm: MetaDQNDataModule) -> None:
-        live = dm._policy_tensors()
+    def __init__(self, dm: MetaDQNDataModule, live: dict[str, Tensor]) -> None:
+        """`live`: the policy's tensors (`dm._policy_tensors()`); updated in place by training, so kept."""
+        self.live = live
         self.shared = {name: t.detach().clone().share_memory_() for name, t in live.items()}
         ctx = mp.get_context("fork")  # the process starts from this one's data state and module
         self.conn, child = ctx.Pipe(duplex=True)
@@ -84,10 +85,10 @@ class CollectionProcess:
         child.close()
         self.in_flight = False
 
-    def request(self, live: dict[str, Tensor], epsilon: float) -> None:
-        """Collect the next batch with a snapshot of `live` (the policy's tensors now) at this epsilon."""
+    def request(self, epsilon: float) -> None:
+        """Collect the next batch with a snapshot of the policy's tensors as they are now, at this epsilon."""
         with torch.no_grad():
-            for name, tensor in live.items():
+            for name, tensor in self.live.items():
                 self.shared[name].copy_(tensor)
         self.conn.send(("batch", epsilon))
         self.in_flight = True

@@ -212,12 +212,18 @@ class MetaDQNDataModule(pl.LightningDataModule):
     def _stop_process(self) -> None:
         if self._process is None:
             return
-        process, self._process = self._process, None
-        if not process.process.is_alive():  # it failed: receive() has raised why; its state is gone with it
+        if not self._process.process.is_alive():  # it failed: receive() has raised why; its state is gone with it
+            self._process = None
             return
-        if process.in_flight:
-            self._pending = process.receive()
+        self._receive_in_flight()
+        process, self._process = self._process, None
         self._load_local(process.stop())
+
+    def _receive_in_flight(self) -> None:
+        """The batch the collection process is working on becomes the pending one (it holds the data state
+        after that batch, which a checkpoint or a hand-back must match)."""
+        if self._process is not None and self._process.in_flight:
+            self._pending = self._process.receive()
 
     def _build(self, rank: int, salt: int = 0) -> None:
         """Training streams mix the run's seed (seed_everything), the task seed and the rank: each rank its own
@@ -313,29 +319,26 @@ class MetaDQNDataModule(pl.LightningDataModule):
         if self._q_values is None:
             raise RuntimeError("no policy attached: the module calls attach_policy() in setup()")
         mode = self.hparams.collection
-        if mode == "current" and self._pending is None:
-            return self._make_batch(self._q_values, self._adapted_q_values, self._epsilon())
-        if self._pending is None and (self._process is None or not self._process.in_flight):
+        self._receive_in_flight()
+        if self._pending is None:  # nothing collected ahead: "current", or the first step of a run
             self._pending = self._make_batch(self._q_values, self._adapted_q_values, self._epsilon())
-        if self._pending is not None:
-            batch, self._pending = self._pending, None
-        else:
-            batch = self._process.receive()
+        batch, self._pending = self._pending, None
         if mode == "ahead":
             self._pending = self._make_batch(self._q_values, self._adapted_q_values, self._epsilon())
         elif mode == "process":
             if self._process is None:
                 self._process = self._start_process()
-            self._process.request(self._policy_tensors(), self._epsilon())
+            self._process.request(self._epsilon())
         return batch
 
     def _start_process(self) -> CollectionProcess:
         require(world()[1] == 1, "data.collection: process runs one collection process per run; with "
                                  f"{world()[1]} processes (DDP) use ahead")
-        device = {t.device.type for t in self._policy_tensors().values()}
+        live = self._policy_tensors()
+        device = {t.device.type for t in live.values()}
         require(device <= {"cpu"}, f"data.collection: process needs the module on the CPU (it is on "
                                    f"{', '.join(sorted(device))}); use ahead")
-        return CollectionProcess(self)
+        return CollectionProcess(self, live)
 
     def _make_batch(self, q_values: QValues, adapted_q_values: AdaptedQValues | None, epsilon: float) -> dict:
         """Collect with the given policy, then draw disjoint support/query batches for m sampled tasks."""
@@ -363,12 +366,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         """Every rank's pool, buffers, env and RNG state (gathered: only rank 0 writes the checkpoint)."""
         if not self._built:
             return {}
-        if self._process is not None:  # the process holds the data state; the batch in flight is received first
-            if self._process.in_flight:
-                self._pending = self._process.receive()
-            local = self._process.state()
-        else:
-            local = self._local_state()
+        self._receive_in_flight()
+        local = self._local_state() if self._process is None else self._process.state()  # it holds the data
         if self._pending is not None:  # collected ahead for the next meta-step: a resume trains on it
             local = {**local, "pending": self._pending}
         ranks = gather_objects(local)
