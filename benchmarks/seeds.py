@@ -112,6 +112,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_stream_4": {**APT_COSINE, "data.train_seed": "4"},
     # issue 13: the data side in a second process; each batch collected with the weights one meta-step old
     "apt_cosine_process": {**APT_COSINE, "data.collection": "process"},
+    # eighth session: a run's fate is drawn by its training stream, so average the meta-gradient over more of it:
+    # every pool task in every meta-step (64, not 32), half the meta-gradient's task noise at about twice the cost
+    "apt_cosine_tasks_64": {**APT_COSINE, "data.tasks_per_batch": "64"},
+    # ... or let theta drift half as fast (0.002 collapsed seed 2 in the fifth session's screen)
+    "apt_cosine_meta_lr_0.0005": {**APT_COSINE, "model.meta_lr": "0.0005"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
