@@ -84,6 +84,11 @@ class MAMLDQN(pl.LightningModule):
             meta-test the target network is the frozen initialisation itself, so there it changes nothing.
         advantage_learning: alpha of advantage learning in every TD target, in training and at meta-test
             (0: off): non-greedy actions' targets fall by alpha times their gap, which widens action gaps.
+        query_target: the network whose values at the query's next states make the query TD targets of the
+            meta-objective. "shared": theta^-, the same for every task. "adapted": theta_i^-, theta^- after the
+            same K inner steps on task i's support (its own TD targets, no gradient), the seed's task-specific
+            target network (its section 4.2), so that the query targets bootstrap from values that know the task.
+            Meta-test is unchanged (its support targets come from the frozen initialisation).
         pre_loss_weight: lambda of an extra term lambda x (query TD loss of theta itself, before adaptation) in
             the meta-objective (0: off). The MAML objective alone never asks theta's own policy to be good, and
             theta collects the data: on sparse-reward families its K = 0 policy never reaches a goal, so no
@@ -119,6 +124,7 @@ class MAMLDQN(pl.LightningModule):
         double_dqn: bool = False,
         advantage_learning: float = 0.0,
         meta_reduction: Literal["mean", "sum"] = "mean",
+        query_target: Literal["shared", "adapted"] = "shared",
         pre_loss_weight: float = 0.0,
         grad_clip: float = 10.0,
         epsilon_start: float = 1.0,
@@ -150,6 +156,10 @@ class MAMLDQN(pl.LightningModule):
         require(pre_loss_weight >= 0, f"model.pre_loss_weight: {pre_loss_weight} must be >= 0 (0 turns it off)")
         require(pre_loss_weight == 0 or algorithm not in ("multitask", "reptile"),
                 f"model.pre_loss_weight: {pre_loss_weight} has no meaning for algorithm {algorithm} (allowed: 0)")
+        require(query_target in ("shared", "adapted"),
+                f"model.query_target: {query_target!r}; allowed: shared, adapted")
+        require(query_target == "shared" or algorithm not in ("multitask", "reptile"),
+                f"model.query_target: {query_target!r} has no meaning for algorithm {algorithm} (allowed: shared)")
         require(grad_clip >= 0, f"model.grad_clip: {grad_clip} must be >= 0 (0 turns clipping off)")
         require(all(h >= 1 for h in hidden), f"model.hidden: {hidden} must be positive widths")
         require(all(k >= 0 for k in self.test_ks), f"model.test_ks: {self.test_ks} must be >= 0")
@@ -158,7 +168,7 @@ class MAMLDQN(pl.LightningModule):
         for name in ("epsilon_start", "epsilon_end"):
             require(0.0 <= self.hparams[name] <= 1.0, f"model.{name}: {self.hparams[name]} must lie in [0, 1]")
         require(num_threads is None or num_threads >= 1, f"model.num_threads: {num_threads} must be >= 1")
-        self.algorithm = algorithm
+        self.algorithm, self.query_target = algorithm, query_target
         self.adapt, self.first_order = resolve_algorithm(algorithm, adapt, first_order, inner_steps)
         self.automatic_optimization = False
         self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale, layer_norm)
@@ -262,12 +272,31 @@ class MAMLDQN(pl.LightningModule):
         if self.first_order and self.adapt == "head" and self.algorithm != "multitask":
             with torch.no_grad():
                 support = self._inner_batch(split, batch["support"], mask)
-            return support, self._inner_batch(split, batch["query"], mask)
-        n = batch["support"]["obs"].shape[1]
-        joined = self._inner_batch(split, {k: torch.cat([v, batch["query"][k]], dim=1)
-                                           for k, v in batch["support"].items()}, mask)
-        parts = {k: v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
-        return {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
+            query = self._inner_batch(split, batch["query"], mask)
+        else:
+            n = batch["support"]["obs"].shape[1]
+            joined = self._inner_batch(split, {k: torch.cat([v, batch["query"][k]], dim=1)
+                                               for k, v in batch["support"].items()}, mask)
+            parts = {k: v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
+            support, query = {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
+        if self.query_target == "adapted":
+            query["target"] = self._adapted_query_targets(batch, support["target"], mask)
+        return support, query
+
+    def _adapted_query_targets(self, batch: dict, support_target: Tensor, mask: Tensor | None) -> Tensor:
+        """The query's TD targets from theta_i^-: theta^- after the K inner steps on task i's support, fitting the
+        support's own targets (from theta^-, as the frozen init's at meta-test). Nothing flows back, and theta^-
+        itself is not changed."""
+        with torch.no_grad():
+            params = dict(self.target_net.named_parameters())
+            split = split_for_adaptation(self.target_net, params, self.adapt)
+            support = {"x": split.encode(batch["support"]["obs"]), "actions": batch["support"]["actions"],
+                       "target": support_target}
+            adapted = self.inner.adapted_no_grad(split.q_fn, split.fast, support)
+            online = self.net if self.hparams.double_dqn else None
+            return batch_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
+                                 self.hparams.gamma, None if mask is None else mask.unsqueeze(1),
+                                 self.inner.advantage, online)
 
     def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
