@@ -117,6 +117,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_tasks_64": {**APT_COSINE, "data.tasks_per_batch": "64"},
     # ... or let theta drift half as fast (0.002 collapsed seed 2 in the fifth session's screen)
     "apt_cosine_meta_lr_0.0005": {**APT_COSINE, "model.meta_lr": "0.0005"},
+    # ... or bootstrap the query targets from theta_i^-, theta^- adapted on the task's support (the seed's
+    # task-specific target network) instead of the shared theta^-, whose own TD error rises over training
+    "apt_cosine_query_adapted": {**APT_COSINE, "model.query_target": "adapted"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",

@@ -22,6 +22,11 @@ def trained(algorithm: str, query_target: str, inner_steps: int = 2, n_actions: 
     return model, trainer.datamodule.next_batch()
 
 
+def best(values: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+    """The max over the actions a task has."""
+    return (values if missing is None else values.masked_fill(missing, float("-inf"))).max(-1).values
+
+
 def by_hand(model: MAMLDQN, batch: dict) -> torch.Tensor:
     """theta^- adapted per task with the reference inner loop (vmap of grad) on the support's theta^- targets, then
     r + gamma (1 - terminated) max_a Q(s'; theta_i^-) on the query."""
@@ -32,15 +37,13 @@ def by_hand(model: MAMLDQN, batch: dict) -> torch.Tensor:
     targets = []
     for i in range(s["obs"].shape[0]):
         missing = None if "action_mask" not in batch else ~batch["action_mask"][i]
-        def best(values):  # max over the actions task i has
-            return (values if missing is None else values.masked_fill(missing, float("-inf"))).max(-1).values
         with torch.no_grad():
-            y = s["rewards"][i] + gamma * (1 - s["terminated"][i]) * best(target_net(s["next_obs"][i]))
+            y = s["rewards"][i] + gamma * (1 - s["terminated"][i]) * best(target_net(s["next_obs"][i]), missing)
         support = {"x": split.encode(s["obs"][i]).detach(), "actions": s["actions"][i], "target": y}
         fast = {k: v.detach() for k, v in reference.adapt(split.q_fn, split.fast, support).items()}
         with torch.no_grad():
             next_q = split.q_fn(fast, split.encode(q["next_obs"][i]))
-            targets.append(q["rewards"][i] + gamma * (1 - q["terminated"][i]) * best(next_q))
+            targets.append(q["rewards"][i] + gamma * (1 - q["terminated"][i]) * best(next_q, missing))
     return torch.stack(targets)
 
 
