@@ -120,6 +120,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # ... or bootstrap the query targets from theta_i^-, theta^- adapted on the task's support (the seed's
     # task-specific target network) instead of the shared theta^-, whose own TD error rises over training
     "apt_cosine_query_adapted": {**APT_COSINE, "model.query_target": "adapted"},
+    # ... or a head step that cannot overshoot: lr x mean |features|^2 is 3.1-3.5 at 0.05 (seventh session), above
+    # gradient descent's limit of 2, so adaptation alternates between odd and even K; 0.03 brings it near 2
+    "apt_cosine_inner_lr_0.03": {**APT_COSINE, "model.inner_lr": "0.03"},
+    # ... or a faster target network (slower ones, 0.001-0.002, learned far slower in the third session)
+    "apt_cosine_tau_0.01": {**APT_COSINE, "target_sync.tau": "0.01"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
