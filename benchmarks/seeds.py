@@ -125,6 +125,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_inner_lr_0.03": {**APT_COSINE, "model.inner_lr": "0.03"},
     # ... or a faster target network (slower ones, 0.001-0.002, learned far slower in the third session)
     "apt_cosine_tau_0.01": {**APT_COSINE, "target_sync.tau": "0.01"},
+    # ... MAML++'s multi-step loss (query loss after every inner step; second session: only on an older default)
+    "apt_cosine_multi_step": {**APT_COSINE, "model.multi_step_loss": "true"},
+    # ... a quarter of the slots acting with their adapted policy (three quarters validated lower, fifth session)
+    "apt_cosine_adapted_0.25": {**APT_COSINE, "data.collect_adapted": "0.25"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
