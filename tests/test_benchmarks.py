@@ -34,9 +34,11 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
 
 
 def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path):
+    # mountaincar_flip: a family with a flip (both groups) whose episodes end at 200 steps, not Acrobot's 500
     extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"
-    out = subprocess.run([sys.executable, "benchmarks/families.py", "--configs", "acrobot_flip", "--seeds", "0", "1",
-                          "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--extra-args", extra,
+    out = subprocess.run([sys.executable, "benchmarks/families.py", "--configs", "mountaincar_flip",
+                          "--seeds", "0", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                          "--extra-args", extra,
                           "--meta-extra-args", "--model.td_normalize true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -47,17 +49,17 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
                                                              ("scratch", "-")}  # last beside best, every run
     assert {r["group"] for r in rows} == {"all", "flip", "noflip"}
     assert {r["k"] for r in rows} == {"0", "1", "3", "5"}
-    assert all(r["config"] == "acrobot_flip" and r["budget"] == "20" for r in rows)
+    assert all(r["config"] == "mountaincar_flip" and r["budget"] == "20" for r in rows)
     pooled = [r for r in rows if r["init"] != "scratch"]
     assert all(r["n"] == str(2 * 4 * 3) for r in pooled if r["group"] == "all")  # 2 seeds x 4 tasks x 3 eval seeds
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows)
     assert all(r["chosen_k"] in ("0", "1", "3", "5") for r in rows)
-    multitask = yaml.safe_load((tmp_path / "runs" / "acrobot_flip_multitask_s1" / "config.yaml").read_text())
+    multitask = yaml.safe_load((tmp_path / "runs" / "mountaincar_flip_multitask_s1" / "config.yaml").read_text())
     assert multitask["model"]["algorithm"] == "multitask" and multitask["model"]["adapt"] == "head"
     assert not multitask["model"]["td_normalize"]  # --meta-extra-args reach the meta-init's runs only
-    meta = yaml.safe_load((tmp_path / "runs" / "acrobot_flip_meta-init_s1" / "config.yaml").read_text())
+    meta = yaml.safe_load((tmp_path / "runs" / "mountaincar_flip_meta-init_s1" / "config.yaml").read_text())
     assert meta["model"]["td_normalize"] and meta["data"]["adapt_budget"] == 20
-    assert "| acrobot_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
+    assert "| mountaincar_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
     assert (tmp_path / "out" / "families.png").stat().st_size > 10_000
 
 
