@@ -31,6 +31,22 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     profile = list(csv.DictReader(open(tmp_path / "out" / "ablation_val_k.csv")))
     assert len(profile) == 2 * 2 * 9 and {r["k"] for r in profile} == {str(k) for k in range(9)}
     assert "| default (2 seeds) |" in (tmp_path / "out" / "ablation.md").read_text()
+    # the validation-only screen of the same runs (one variant given as a reference from the same folder)
+    out = subprocess.run([sys.executable, "benchmarks/val_screen.py", "--runs", str(tmp_path / "runs"), "--variants",
+                          "no_adapted_collection", "--reference", str(tmp_path / "runs"), "default", "--name",
+                          "screen", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    screen = list(csv.DictReader(open(tmp_path / "out" / "screen.csv")))
+    other = "no_adapted_collection"
+    assert [(r["variant"], r["seed"]) for r in screen] == [("default", "0"), ("default", "1"), (other, "0"),
+                                                           (other, "1"), ("default", "mean of 2"), (other, "mean of 2")]
+    for r in screen[:4]:  # checks every 10 steps of 20: the final third (> 13.3) holds the check at 20 alone
+        curve = [(int(x["step"]), float(x["meta_val/return_k5"])) for x in csv.DictReader(
+            open(tmp_path / "runs" / f"{r['variant']}_s{r['seed']}" / "metrics.csv")) if x.get("meta_val/return_k5")]
+        assert r["last_step"] == "20" and float(r["last_check"]) == curve[-1][1] == float(r["final_third_mean"])
+        assert float(r["best_check"]) == max(v for _, v in curve)
+    assert "| no_adapted_collection | 0, 1 | 20-20 of 20 |" in (tmp_path / "out" / "screen.md").read_text()
 
 
 def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path):
