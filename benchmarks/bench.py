@@ -35,6 +35,7 @@ from runs import readme_table
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
+from mamldqn_pl.memory import keep_freed_memory
 from mamldqn_pl.meta import split_for_adaptation, td_loss
 from mamldqn_pl.report import write_csv
 from mamldqn_pl.seeding import make_generator
@@ -277,6 +278,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    keep_freed_memory()  # as `mamldqn` does: bare steps and fits alike (mamldqn_pl/memory.py)
     repeats = 3 if args.quick else 7
     bench_meta_step(repeats, [4, 16] if args.quick else [4, 16, 64])
     bench_fast_paths(3 if args.quick else 21)

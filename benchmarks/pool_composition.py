@@ -19,7 +19,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
-from runs import ROOT
+from runs import ROOT, readme_table
 
 from mamldqn_pl import MetaDQNDataModule
 from mamldqn_pl.report import write_csv
@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "lightning_logs/session5"))
     parser.add_argument("--variant", default="apt_cosine", help="the runs VARIANT_sSEED whose validation is shown")
     parser.add_argument("--name", default="pool_composition")
-    parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    parser.add_argument("--out", default=str(ROOT / "docs/results"),
+                        help="the README table is rewritten only for this default")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = yaml.safe_load(Path(args.config).read_text())
@@ -95,6 +96,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{args.name}.csv", COLUMNS, rows)
     (out / f"{args.name}.md").write_text("\n".join(summary) + "\n")
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme_table(args.name, "\n".join(summary))
     print(f"wrote {args.name}.csv/.md to {out}")
 
 

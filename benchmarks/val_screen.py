@@ -25,7 +25,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from runs import ROOT  # noqa: E402
+from runs import ROOT, readme_table  # noqa: E402
 
 from mamldqn_pl.report import write_csv  # noqa: E402
 
@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--swing", type=float, default=40.0, help="issue 10's bound on the final third's std")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--out", default=str(ROOT / "docs/results"))
+    parser.add_argument("--out", default=str(ROOT / "docs/results"),
+                        help="the README table is rewritten only for this default")
     args = parser.parse_args()
     sources = [(Path(f), v) for f, v in args.reference] + [(Path(args.runs), v) for v in args.variants]
     rows = [summarise(run, variant, seed, args.k) for folder, variant in sources
@@ -128,6 +129,8 @@ def main() -> None:
     table = markdown(rows, args.swing)
     (out / f"{args.name}.md").write_text(table + "\n")
     plot(rows, out / f"{args.name}.png")
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme_table(args.name, table)
     print(table)
 
 

@@ -21,6 +21,7 @@ from mamldqn_pl.checkpoints import AtomicCheckpointIO, RunCheckpoint, read_check
 from mamldqn_pl.data import MetaDQNDataModule
 from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.loggers import ResumableCSVLogger
+from mamldqn_pl.memory import keep_freed_memory
 from mamldqn_pl.module import MAMLDQN
 
 TRAINER_DEFAULTS = {
@@ -151,6 +152,7 @@ QUIET = (
 def main(args: list[str] | None = None) -> None:
     """Entry point of `mamldqn` and `python -m mamldqn_pl`; user mistakes end in one line and exit code 2."""
     argv = sys.argv[1:] if args is None else args
+    keep_freed_memory()  # a meta-step's large temporaries stay in the heap (mamldqn_pl/memory.py)
     if argv[:1] == ["compare"]:  # not a Lightning stage: several checkpoints into one report
         from mamldqn_pl.compare import main as compare_main
 
