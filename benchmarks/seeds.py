@@ -131,6 +131,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_adapted_0.25": {**APT_COSINE, "data.collect_adapted": "0.25"},
     # ... a shorter horizon (CartPole's values about 50 instead of 100: smaller bootstrapped errors)
     "apt_cosine_gamma_0.98": {**APT_COSINE, "model.gamma": "0.98"},
+    # ... the faster target network (steady on some seeds, collapsing on others) with Double DQN targets, against
+    # the overestimation a faster-moving bootstrap can feed
+    "apt_cosine_tau_0.01_double_dqn": {**APT_COSINE, "target_sync.tau": "0.01", "model.double_dqn": "true"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
