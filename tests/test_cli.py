@@ -164,7 +164,7 @@ def config_runs(tmp_path_factory) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("configs")
 
     def fit_then_test(config: str):
-        args = ["--config", f"configs/{config}.yaml", *TINY[2:], "--run_dir", str(base / config)]  # TINY's --config
+        args = ["--config", f"configs/{config}.yaml", *TINY[2:], "--run_dir", str(base / config)]  # TINY minus --config
         fit = mamldqn("fit", *args, "--trainer.max_steps", "10")
         if fit.returncode:
             return fit, None
