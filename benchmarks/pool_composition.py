@@ -12,7 +12,6 @@ the run's validation return (issue 10, eighth session).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from runs import ROOT, readme_table
+from seeds import validation_curves
 
 from mamldqn_pl import MetaDQNDataModule
 from mamldqn_pl.report import write_csv
@@ -50,12 +50,6 @@ def stream(config: dict, seed: int, steps: int, random_q: bool) -> np.ndarray:
     return np.array(shares)
 
 
-def validation(run: Path) -> dict[int, float]:
-    with open(run / "metrics.csv") as f:
-        key = "meta_val/return_k5"
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs/cartpole.yaml"))
@@ -80,7 +74,7 @@ def main() -> None:
         if not np.array_equal(check, shares[: len(check)], equal_nan=True):
             raise SystemExit(f"seed {seed}: the task stream depends on the policy; the replay does not hold")
         run = Path(args.runs) / f"{args.variant}_s{seed}"
-        val = validation(run) if (run / "metrics.csv").is_file() else {}
+        val = dict(validation_curves(run).get(5, [])) if (run / "metrics.csv").is_file() else {}
         for end in range(args.window, steps + 1, args.window):
             window = shares[end - args.window:end].mean(axis=0)
             rows.append({"seed": seed, "window_end": end, "pool_flipped": float(window[0]),

@@ -15,7 +15,6 @@ runs), so that its seeds appear beside the screened ones.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from runs import ROOT, readme_table  # noqa: E402
+from seeds import validation_curves  # noqa: E402
 
 from mamldqn_pl.report import write_csv  # noqa: E402
 
@@ -33,15 +33,10 @@ COLUMNS = ("variant", "seed", "last_step", "max_steps", "val_k", "final_third_me
            "last_check", "best_check", "k0_final_third_mean")
 
 
-def curve(run: Path, k: int) -> list[tuple[int, float]]:
-    with open(run / "metrics.csv") as f:
-        return [(int(r["step"]), float(r[f"meta_val/return_k{k}"])) for r in csv.DictReader(f)
-                if r.get(f"meta_val/return_k{k}")]
-
-
 def summarise(run: Path, variant: str, seed: int, k: int) -> dict:
     horizon = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"])
-    at_k, at_0 = curve(run, k), curve(run, 0)
+    curves = validation_curves(run)
+    at_k, at_0 = curves[k], curves[0]
     final = [v for s, v in at_k if s > 2 * horizon / 3]
     spread = float(np.std(final, ddof=1)) if len(final) > 1 else float("nan")
     return {"variant": variant, "seed": seed, "last_step": at_k[-1][0], "max_steps": horizon, "val_k": k,

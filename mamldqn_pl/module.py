@@ -259,10 +259,16 @@ class MAMLDQN(pl.LightningModule):
     def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
         """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
         [tasks, N] batch."""
-        mask = None if mask is None else mask.unsqueeze(1)
+        return {"x": split.encode(data["obs"]), "actions": data["actions"],
+                "target": self._td_targets(data, self.target_net, mask)}
+
+    def _td_targets(self, data: dict[str, Tensor], q_target: Callable[[Tensor], Tensor],
+                    mask: Tensor | None) -> Tensor:
+        """The TD targets of a [tasks, N] batch with the network `q_target` at the next observations (and with
+        theta picking a' under double_dqn); `mask` [tasks, A] keeps missing actions out of the max."""
         online = self.net if self.hparams.double_dqn else None
-        target = batch_targets(data, self.target_net, self.hparams.gamma, mask, self.inner.advantage, online)
-        return {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
+        return batch_targets(data, q_target, self.hparams.gamma, None if mask is None else mask.unsqueeze(1),
+                             self.inner.advantage, online)
 
     def _support_and_query(self, split: AdaptSplit, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Both inner batches from one pass of the body and of theta^- over support and query rows together
@@ -293,10 +299,8 @@ class MAMLDQN(pl.LightningModule):
             support = {"x": split.encode(batch["support"]["obs"]), "actions": batch["support"]["actions"],
                        "target": support_target}
             adapted = self.inner.adapted_no_grad(split.q_fn, split.fast, support)
-            online = self.net if self.hparams.double_dqn else None
-            return batch_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
-                                 self.hparams.gamma, None if mask is None else mask.unsqueeze(1),
-                                 self.inner.advantage, online)
+            return self._td_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
+                                    mask)
 
     def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
