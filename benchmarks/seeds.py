@@ -134,6 +134,14 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # ... the faster target network (steady on some seeds, collapsing on others) with Double DQN targets, against
     # the overestimation a faster-moving bootstrap can feed
     "apt_cosine_tau_0.01_double_dqn": {**APT_COSINE, "target_sync.tau": "0.01", "model.double_dqn": "true"},
+    # ninth session: the same with the data side in a second process (issue 13's make run ratio)
+    "apt_cosine_tau_0.01_double_dqn_process": {**APT_COSINE, "target_sync.tau": "0.01", "model.double_dqn": "true",
+                                               "data.collection": "process"},
+    # ninth session, against the swing: Adam's epsilon at DQN practice (small-gradient parameters stop random-walking
+    # at meta_lr per step; 1e-4 is about a fifth of the hidden layer's median sqrt(v) in apt_cosine_s5's last.ckpt),
+    # and advantage learning at the paper's alpha (wider action gaps: a greedy policy robust to small moves of theta)
+    "apt_cosine_adam_eps_1e-4": {**APT_COSINE, "model.adam_eps": "1e-4"},
+    "apt_cosine_al_0.9": {**APT_COSINE, "model.advantage_learning": "0.9"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",

@@ -72,6 +72,9 @@ class MAMLDQN(pl.LightningModule):
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
             the adapted weights).
+        adam_eps: Adam's epsilon. At its default (1e-8) a parameter whose meta-gradient is tiny but not zero
+            (a nearly dead unit's) still moves by about meta_lr per step, a random walk; a larger epsilon (DQN
+            practice: 1.5e-4 in Rainbow) scales such steps down with their gradient.
         meta_lr_schedule: "constant", or "cosine" from meta_lr down to meta_lr_min at meta_lr_horizon meta-steps
             (default trainer.max_steps), so that the last meta-steps move theta little and the last checkpoint
             is a settled one. The rate is a function of the step alone: a resumed run follows the same curve.
@@ -115,6 +118,7 @@ class MAMLDQN(pl.LightningModule):
         td_normalize: bool = False,
         multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
+        adam_eps: float = 1e-8,
         meta_lr_schedule: Literal["constant", "cosine"] = "constant",
         meta_lr_min: float = 0.0,
         meta_lr_horizon: int | None = None,
@@ -144,6 +148,7 @@ class MAMLDQN(pl.LightningModule):
         require(inner_steps >= 0, f"model.inner_steps: {inner_steps} must be >= 0")
         require(inner_lr > 0, f"model.inner_lr: {inner_lr} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
+        require(adam_eps > 0, f"model.adam_eps: {adam_eps} must be > 0")
         require(meta_lr_schedule in ("constant", "cosine"),
                 f"model.meta_lr_schedule: {meta_lr_schedule!r}; allowed: constant, cosine")
         require(0.0 <= meta_lr_min <= meta_lr, f"model.meta_lr_min: {meta_lr_min} must lie in [0, meta_lr]")
@@ -204,7 +209,7 @@ class MAMLDQN(pl.LightningModule):
         params = list(self.net.parameters()) + ([self.log_inner_lr] if self.log_inner_lr is not None else [])
         if self.algorithm == "reptile":  # theta <- theta + meta_lr * (mean adapted - theta), exactly
             return torch.optim.SGD(params, lr=self.hparams.meta_lr)
-        return torch.optim.Adam(params, lr=self.hparams.meta_lr)
+        return torch.optim.Adam(params, lr=self.hparams.meta_lr, eps=self.hparams.adam_eps)
 
     def meta_lr_at(self, step: int) -> float:
         """The outer learning rate of meta-step `step` (0-based): constant, or cosine to meta_lr_min."""
