@@ -60,6 +60,22 @@ def test_metasgd_learning_rates_get_gradients_and_stay_positive():
     assert not torch.allclose(model.log_inner_lr.exp(), torch.full((2, 4), 0.05))
 
 
+@pytest.mark.parametrize("eps", [1e-8, 1e-4])
+def test_adam_eps_scales_the_first_outer_step_by_the_gradient(eps):
+    """Adam's first step is meta_lr * g / (|g| + eps): with a large eps, small meta-gradients move theta less."""
+    model = MAMLDQN(hidden=[16], algorithm="anil", meta_lr=0.01, adam_eps=eps)
+    opt = model.configure_optimizers()
+    assert opt.param_groups[0]["eps"] == eps
+    before = {k: v.detach().clone() for k, v in model.net.named_parameters()}
+    loss, _, _ = model.meta_objective(real_batch(model))
+    loss.backward()
+    grads = {k: v.grad.clone() for k, v in model.net.named_parameters()}
+    opt.step()
+    for k, v in model.net.named_parameters():
+        expected = before[k] - 0.01 * grads[k] / (grads[k].abs() + eps)
+        torch.testing.assert_close(v.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_reptile_outer_update_equals_its_formula():
     torch.manual_seed(0)
     model = MAMLDQN(hidden=[8], algorithm="reptile", inner_steps=2, inner_lr=0.1, meta_lr=0.5, grad_clip=0.0)
