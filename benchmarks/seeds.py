@@ -142,6 +142,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # and advantage learning at the paper's alpha (wider action gaps: a greedy policy robust to small moves of theta)
     "apt_cosine_adam_eps_1e-4": {**APT_COSINE, "model.adam_eps": "1e-4"},
     "apt_cosine_al_0.9": {**APT_COSINE, "model.advantage_learning": "0.9"},
+    # ... and the support drawn as at meta-test: each task's first 200 transitions, the init's epsilon_adapt play
+    # when the task entered the pool, while the query comes from the rest (the adapted policy's visits, in the
+    # adapted slots), as MAML's RL setting has pre- and post-update data
+    "apt_cosine_warm_start_support": {**APT_COSINE, "data.support_from": "warm_start", "data.support_size": "200",
+                                      "data.learning_starts": "328"},
 }
 SCREEN = ("default", "tau_0.001", "tau_0.002", "grad_clip_1", "grad_clip_1_cosine", "long_task_life",
           "short_task_life", "retire_every_100", "retire_every_100_batch_256", "retire_every_100_tasks_64",
