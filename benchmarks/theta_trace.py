@@ -1,7 +1,7 @@
 """A callback that records theta (the evaluated initialisation) every n meta-steps, without touching the run: it
-reads parameters only, draws no random numbers, so a traced run is bitwise the untraced one. `sensitivity.py
---trace` reads the file to set the size of the moves theta really makes between validation checks beside the
-random ones. Used from the command line (PYTHONPATH must hold benchmarks/):
+reads parameters only, draws no random numbers, so a traced run is bitwise the untraced one. `val_noise.py
+--trace` reads the file to set the moves theta really makes between validation checks beside random ones of
+the same size. Used from the command line (PYTHONPATH must hold benchmarks/):
 
     PYTHONPATH=.:benchmarks .venv/bin/python -m mamldqn_pl fit --config configs/cartpole.yaml ... \
         --trainer.callbacks+=theta_trace.ThetaTrace --trainer.callbacks.path RUN/theta_trace.pt

@@ -131,8 +131,10 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
 
 def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Task], adapt: str,
                   inner: InnerLoop, gamma: float, protocol: Protocol, seeds: Sequence[int] | None = None,
-                  label: str = "init") -> list[dict]:
-    """Run the protocol for one initialisation `params`; one row per (task, seed, K)."""
+                  label: str = "init", collect_params: FastWeights | None = None) -> list[dict]:
+    """Run the protocol for one initialisation `params`; one row per (task, seed, K). `collect_params`: the
+    weights whose epsilon-greedy play fills the support (default `params`, as at meta-test); a diagnosis that
+    moves `params` can hold the support's transitions fixed with it (benchmarks/val_noise.py)."""
     seeds = list(protocol.seeds if seeds is None else seeds)
     slots = [t for _ in seeds for t in tasks]
     slot_seed = [s for s in seeds for _ in tasks]
@@ -144,6 +146,11 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
     def q_init(obs: Tensor) -> Tensor:
         return torch.func.functional_call(net, params, (obs.to(device),))
 
+    players = params if collect_params is None else {k: v.detach() for k, v in collect_params.items()}
+
+    def q_play(obs: Tensor) -> Tensor:
+        return torch.func.functional_call(net, players, (obs.to(device),))
+
     rows: list[dict] = []
     with torch.inference_mode(False), torch.enable_grad():
         split = split_for_adaptation(net, params, adapt)
@@ -151,7 +158,7 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
         if protocol.adapt_budget > 0:
             env = family.batched(slots, generator)
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim, n_step=protocol.n_step)
-            collect(Collector(env, buffers, generator), q_init, protocol.adapt_budget, protocol.epsilon_adapt)
+            collect(Collector(env, buffers, generator), q_play, protocol.adapt_budget, protocol.epsilon_adapt)
             support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, gamma, device,
                                     inner.advantage)
         rep = torch.arange(n).repeat_interleave(protocol.episodes)
