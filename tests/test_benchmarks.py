@@ -1,6 +1,7 @@
 """Smoke versions of the experiment scripts: they run end to end on a tiny config and write what they promise."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -165,3 +166,33 @@ def test_pool_composition_replays_the_task_stream_and_writes_the_shares(tmp_path
         pool, adapted, theta = (float(r[c]) for c in ("pool_flipped", "adapted_slots_flipped", "theta_slots_flipped"))
         assert 0 <= adapted <= 1 and 0 <= theta <= 1 and abs(pool - (adapted + theta) / 2) < 1e-9
     assert len({r["pool_flipped"] for r in rows}) > 1  # tasks retire and the pool changes
+
+
+def test_theta_trace_leaves_the_run_bitwise_and_val_noise_reads_its_moves(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
+    runs = {}
+    for name, extra in (("plain", []), ("traced", ["--trainer.callbacks+=theta_trace.ThetaTrace",
+                                                   "--trainer.callbacks.path", str(tmp_path / "traced/theta_trace.pt"),
+                                                   "--trainer.callbacks.every_n_steps", "10"])):
+        out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", *TINY, "--trainer.max_steps", "30",
+                              "--run_dir", str(tmp_path / name), *extra], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[name] = torch.load(tmp_path / name / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(runs["plain"][k], runs["traced"][k]) for k in runs["plain"])
+    trace = torch.load(tmp_path / "traced/theta_trace.pt", weights_only=True)
+    assert sorted(trace) == [10, 20, 30]
+    assert all(torch.equal(v, runs["traced"][f"net.{k}"]) for k, v in trace[30].items())
+    out = subprocess.run([sys.executable, "benchmarks/val_noise.py", "--trace", str(tmp_path / "traced"), "--draws",
+                          "2", "--out", str(tmp_path / "trace")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = list(csv.DictReader(open(tmp_path / "trace.csv")))  # the final third of 30 steps: checks 20 -> 30
+    assert (row["from_step"], row["to_step"]) == ("20", "30") and float(row["move"]) > 0
+    assert abs(float(row["change"]) - (float(row["val_to"]) - float(row["val_from"]))) <= 0.11
+    ckpt = tmp_path / "traced/checkpoints/last.ckpt"
+    out = subprocess.run([sys.executable, "benchmarks/val_noise.py", f"t={ckpt}", "--relative", "--fixed-support",
+                          "--sigmas", "0", "--draws", "2", "--k", "1", "--out", str(tmp_path / "rel")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (zero,) = list(csv.DictReader(open(tmp_path / "rel.csv")))
+    assert zero["std"] == "0.0" and zero["mean"] == zero["unperturbed"]
