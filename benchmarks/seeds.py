@@ -145,6 +145,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # ... and the support drawn as at meta-test: each task's first 200 transitions, the init's epsilon_adapt play
     # when the task entered the pool, while the query comes from the rest (the adapted policy's visits, in the
     # adapted slots), as MAML's RL setting has pre- and post-update data
+    # ... and random weight perturbation: each meta-gradient at theta + 2% relative noise (val_noise.py --relative:
+    # the validation return decorrelates over random moves of about 3%), for an init whose adaptation survives
+    # the moves late training still makes
+    "apt_cosine_weight_noise_0.02": {**APT_COSINE, "model.weight_noise": "0.02"},
     "apt_cosine_warm_start_support": {**APT_COSINE, "data.support_from": "warm_start", "data.support_size": "200",
                                       "data.learning_starts": "328"},
 }

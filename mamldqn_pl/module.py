@@ -22,6 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
+from mamldqn_pl.meta.noise import relative_noise, step_seed
 from mamldqn_pl.meta.qnet import AdaptSplit
 from mamldqn_pl.schedules import cosine
 
@@ -72,6 +73,10 @@ class MAMLDQN(pl.LightningModule):
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
             the adapted weights).
+        weight_noise: 0 (off) or sigma of random weight perturbation: each meta-gradient is taken at theta plus
+            Gaussian noise of sigma times each tensor's rms (one draw per meta-step, from the run's seed and the
+            step) and applied to theta, so that the objective asks for an init whose adaptation survives small
+            moves of theta. Theta itself never keeps the noise.
         adam_eps: Adam's epsilon. At its default (1e-8) a parameter whose meta-gradient is tiny but not zero
             (a nearly dead unit's) still moves by about meta_lr per step, a random walk; a larger epsilon (DQN
             practice: 1.5e-4 in Rainbow) scales such steps down with their gradient.
@@ -119,6 +124,7 @@ class MAMLDQN(pl.LightningModule):
         multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
         adam_eps: float = 1e-8,
+        weight_noise: float = 0.0,
         meta_lr_schedule: Literal["constant", "cosine"] = "constant",
         meta_lr_min: float = 0.0,
         meta_lr_horizon: int | None = None,
@@ -149,6 +155,7 @@ class MAMLDQN(pl.LightningModule):
         require(inner_lr > 0, f"model.inner_lr: {inner_lr} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
         require(adam_eps > 0, f"model.adam_eps: {adam_eps} must be > 0")
+        require(weight_noise >= 0, f"model.weight_noise: {weight_noise} must be >= 0 (0 turns it off)")
         require(meta_lr_schedule in ("constant", "cosine"),
                 f"model.meta_lr_schedule: {meta_lr_schedule!r}; allowed: constant, cosine")
         require(0.0 <= meta_lr_min <= meta_lr, f"model.meta_lr_min: {meta_lr_min} must lie in [0, meta_lr]")
@@ -191,12 +198,14 @@ class MAMLDQN(pl.LightningModule):
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0
+        self._run_seed = 0
 
     # ---- wiring -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.hparams.num_threads:
             torch.set_num_threads(self.hparams.num_threads)
         datamodule = getattr(self.trainer, "datamodule", None)
+        self._run_seed = torch.initial_seed()  # seed_everything's: weight_noise draws from it, also on a resume
         if stage == "fit" and datamodule is not None:
             datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
 
@@ -343,10 +352,11 @@ class MAMLDQN(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         opt = self.optimizers()
         logging_step = self._logs_at(self.global_step + 1)  # global_step counts this step once opt.step() ran
-        meta_loss, pre, post = self.meta_objective(batch, with_pre=logging_step)
-        self._stop_if_diverged(meta_loss, "meta-loss")
-        opt.zero_grad()
-        self.manual_backward(meta_loss)
+        with self._weight_noise():
+            meta_loss, pre, post = self.meta_objective(batch, with_pre=logging_step)
+            self._stop_if_diverged(meta_loss, "meta-loss")
+            opt.zero_grad()
+            self.manual_backward(meta_loss)
         if self.hparams.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         for group in opt.param_groups:
@@ -358,6 +368,26 @@ class MAMLDQN(pl.LightningModule):
                                "parameters after the meta-update")
         self._log_step(batch, meta_loss, pre, post)
         return meta_loss.detach()
+
+    @contextlib.contextmanager
+    def _weight_noise(self):
+        """theta + noise for the meta-gradient's forward and backward (model.weight_noise), then theta exactly."""
+        sigma = self.hparams.get("weight_noise", 0.0)
+        if not sigma:
+            yield
+            return
+        params = list(self.net.parameters())
+        saved = [p.detach().clone() for p in params]
+        noise = relative_noise(saved, sigma, step_seed(self._run_seed, self.global_step))
+        with torch.no_grad():
+            for p, n in zip(params, noise):
+                p.add_(n)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
 
     def _stop_if_diverged(self, value: Tensor, what: str) -> None:
         """NaN/Inf stops the run with the step named; checkpoints already written are untouched."""

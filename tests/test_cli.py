@@ -91,6 +91,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--model.inner_lr", "0"], "model.inner_lr: 0.0 must be > 0"),
     (["--model.meta_lr", "-0.001"], "model.meta_lr: -0.001 must be > 0"),
     (["--model.adam_eps", "0"], "model.adam_eps: 0.0 must be > 0"),
+    (["--model.weight_noise", "-0.1"], "model.weight_noise: -0.1 must be >= 0"),
     (["--model.inner_steps", "-1"], "model.inner_steps: -1 must be >= 0"),
     (["--data.family", "pendulum"], "unknown family 'pendulum'"),
     (["--target_sync.tau", "0"], "set exactly one of tau"),
