@@ -149,6 +149,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # the validation return decorrelates over random moves of about 3%), for an init whose adaptation survives
     # the moves late training still makes
     "apt_cosine_weight_noise_0.02": {**APT_COSINE, "model.weight_noise": "0.02"},
+    # ... and the support played uniformly at random (data.epsilon_adapt 1.0, in training's warm starts, validation
+    # and meta-test alike): the support no longer depends on theta, the half of the return's roughness that
+    # val_noise.py --fixed-support attributes to the support's collection
+    "apt_cosine_eps_adapt_1.0": {**APT_COSINE, "data.epsilon_adapt": "1.0"},
     "apt_cosine_warm_start_support": {**APT_COSINE, "data.support_from": "warm_start", "data.support_size": "200",
                                       "data.learning_starts": "328"},
 }
