@@ -153,6 +153,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # and meta-test alike): the support no longer depends on theta, the half of the return's roughness that
     # val_noise.py --fixed-support attributes to the support's collection
     "apt_cosine_eps_adapt_1.0": {**APT_COSINE, "data.epsilon_adapt": "1.0"},
+    # ... which peaks by step 3,000-5,000: the same trained for 6,000 meta-steps (the cosine follows max_steps)
+    "apt_cosine_eps_adapt_1.0_6k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000"},
     "apt_cosine_warm_start_support": {**APT_COSINE, "data.support_from": "warm_start", "data.support_size": "200",
                                       "data.learning_starts": "328"},
 }
