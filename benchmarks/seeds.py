@@ -155,6 +155,9 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_eps_adapt_1.0": {**APT_COSINE, "data.epsilon_adapt": "1.0"},
     # ... which peaks by step 3,000-5,000: the same trained for 6,000 meta-steps (the cosine follows max_steps)
     "apt_cosine_eps_adapt_1.0_6k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000"},
+    # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
+    "apt_cosine_eps_adapt_1.0_tau_0.01_double_dqn": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                     "target_sync.tau": "0.01", "model.double_dqn": "true"},
     "apt_cosine_warm_start_support": {**APT_COSINE, "data.support_from": "warm_start", "data.support_size": "200",
                                       "data.learning_starts": "328"},
 }
