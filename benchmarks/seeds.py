@@ -134,17 +134,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # ... the faster target network (steady on some seeds, collapsing on others) with Double DQN targets, against
     # the overestimation a faster-moving bootstrap can feed
     "apt_cosine_tau_0.01_double_dqn": {**APT_COSINE, "target_sync.tau": "0.01", "model.double_dqn": "true"},
-    # ninth session: the same with the data side in a second process (issue 13's make run ratio)
-    "apt_cosine_tau_0.01_double_dqn_process": {**APT_COSINE, "target_sync.tau": "0.01", "model.double_dqn": "true",
-                                               "data.collection": "process"},
     # ninth session, against the swing: Adam's epsilon at DQN practice (small-gradient parameters stop random-walking
     # at meta_lr per step; 1e-4 is about a fifth of the hidden layer's median sqrt(v) in apt_cosine_s5's last.ckpt),
     # and advantage learning at the paper's alpha (wider action gaps: a greedy policy robust to small moves of theta)
     "apt_cosine_adam_eps_1e-4": {**APT_COSINE, "model.adam_eps": "1e-4"},
     "apt_cosine_al_0.9": {**APT_COSINE, "model.advantage_learning": "0.9"},
-    # ... and the support drawn as at meta-test: each task's first 200 transitions, the init's epsilon_adapt play
-    # when the task entered the pool, while the query comes from the rest (the adapted policy's visits, in the
-    # adapted slots), as MAML's RL setting has pre- and post-update data
     # ... and random weight perturbation: each meta-gradient at theta + 2% relative noise (val_noise.py --relative:
     # the validation return decorrelates over random moves of about 3%), for an init whose adaptation survives
     # the moves late training still makes
@@ -153,11 +147,14 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # and meta-test alike): the support no longer depends on theta, the half of the return's roughness that
     # val_noise.py --fixed-support attributes to the support's collection
     "apt_cosine_eps_adapt_1.0": {**APT_COSINE, "data.epsilon_adapt": "1.0"},
-    # ... which peaks by step 3,000-5,000: the same trained for 6,000 meta-steps (the cosine follows max_steps)
+    # ... which is above 400 by step 2,000: the same trained for 6,000 meta-steps (the cosine follows max_steps)
     "apt_cosine_eps_adapt_1.0_6k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
     "apt_cosine_eps_adapt_1.0_tau_0.01_double_dqn": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                      "target_sync.tau": "0.01", "model.double_dqn": "true"},
+    # ... and the support drawn as at meta-test: each task's first 200 transitions, the init's epsilon_adapt play
+    # when the task entered the pool, while the query comes from the rest (the adapted policy's visits, in the
+    # adapted slots), as MAML's RL setting has pre- and post-update data
     "apt_cosine_warm_start_support": {**APT_COSINE, "data.support_from": "warm_start", "data.support_size": "200",
                                       "data.learning_starts": "328"},
 }
