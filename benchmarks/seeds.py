@@ -149,6 +149,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_eps_adapt_1.0": {**APT_COSINE, "data.epsilon_adapt": "1.0"},
     # ... which is above 400 by step 2,000: the same trained for 6,000 meta-steps (the cosine follows max_steps)
     "apt_cosine_eps_adapt_1.0_6k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000"},
+    # ... with half the meta-learning rate: its collapses come at steps 3,500-5,000, with the rate still at half to
+    # a tenth of its peak
+    "apt_cosine_eps_adapt_1.0_6k_meta_lr_0.0005": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                   "trainer.max_steps": "6000", "model.meta_lr": "0.0005"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
     "apt_cosine_eps_adapt_1.0_tau_0.01_double_dqn": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                      "target_sync.tau": "0.01", "model.double_dqn": "true"},
