@@ -153,6 +153,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # a tenth of its peak
     "apt_cosine_eps_adapt_1.0_6k_meta_lr_0.0005": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                    "trainer.max_steps": "6000", "model.meta_lr": "0.0005"},
+    # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
+    "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
     "apt_cosine_eps_adapt_1.0_tau_0.01_double_dqn": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                      "target_sync.tau": "0.01", "model.double_dqn": "true"},
