@@ -88,13 +88,12 @@ def trace_rows(run: Path, k: int, draws: int) -> list[dict]:
     protocol = Protocol.of(dm.hparams, [k], 5, [0, 1, 2])
     trace = torch.load(run / "theta_trace.pt", weights_only=True)
     horizon = int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"])
-    steps = sorted(trace)
+    steps = [s for s in sorted(trace) if s >= 2 * horizon / 3]
+    vals = {s: val_return(model, dm, trace[s], protocol) for s in steps}  # each traced theta evaluated once
     rows = []
     for a, b in zip(steps, steps[1:]):
-        if a < 2 * horizon / 3:
-            continue
         move = relative_move(trace[a], trace[b])
-        here, there = val_return(model, dm, trace[a], protocol), val_return(model, dm, trace[b], protocol)
+        here, there = vals[a], vals[b]
         random = [abs(val_return(model, dm, perturbed(trace[a], move, d, relative=True), protocol) - here)
                   for d in range(draws)]
         rows.append({"run": run.name, "from_step": a, "to_step": b, "move": round(move, 5), "val_from": round(here, 1),

@@ -143,13 +143,11 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
     generator = make_generator(*seeds, 7919)
     device = weights_device(params)
 
-    def q_init(obs: Tensor) -> Tensor:
-        return torch.func.functional_call(net, params, (obs.to(device),))
+    def q_of(weights: FastWeights):
+        return lambda obs: torch.func.functional_call(net, weights, (obs.to(device),))
 
-    players = params if collect_params is None else {k: v.detach() for k, v in collect_params.items()}
-
-    def q_play(obs: Tensor) -> Tensor:
-        return torch.func.functional_call(net, players, (obs.to(device),))
+    q_init = q_of(params)
+    q_play = q_init if collect_params is None else q_of({k: v.detach() for k, v in collect_params.items()})
 
     rows: list[dict] = []
     with torch.inference_mode(False), torch.enable_grad():
