@@ -153,6 +153,13 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # a tenth of its peak
     "apt_cosine_eps_adapt_1.0_6k_meta_lr_0.0005": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                    "trainer.max_steps": "6000", "model.meta_lr": "0.0005"},
+    # ... trained only as long as its runs climb: every seed is above 400 by step 2,000 and the collapses start
+    # after 3,500, so a cosine that reaches zero at 3,000 or 4,000 steps settles theta before the drift (checks
+    # every 250 steps, so that the final third still holds four to six of them)
+    "apt_cosine_eps_adapt_1.0_3k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "3000",
+                                    "meta_val.every_n_steps": "250"},
+    "apt_cosine_eps_adapt_1.0_4k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "4000",
+                                    "meta_val.every_n_steps": "250"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
