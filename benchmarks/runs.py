@@ -35,10 +35,15 @@ def train(config: Path, seed: int, run: Path, steps: int | None = None, override
 
 
 def readme_table(name: str, table: str) -> None:
-    """Replace what stands between the README's `<!-- NAME.md -->` and `<!-- /NAME.md -->` markers by `table`."""
-    path = ROOT / "README.md"
+    """Replace what stands between the `<!-- NAME.md -->` and `<!-- /NAME.md -->` markers by `table`, in the README
+    or in the docs/ page that holds them (the session-by-session experiments live in docs/experiments.md)."""
     marker = re.compile(rf"(<!-- {re.escape(name)}\.md -->\n)(?:.*?\n)?(<!-- /{re.escape(name)}\.md -->)", re.S)
-    path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), path.read_text()))
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        if marker.search(text):
+            path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text))
+            return
+    print(f"no <!-- {name}.md --> markers in README.md or docs/*.md: the table is only in docs/results", flush=True)
 
 
 def trained_budget(rows: list[dict]) -> str:

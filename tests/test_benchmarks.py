@@ -196,3 +196,19 @@ def test_theta_trace_leaves_the_run_bitwise_and_val_noise_reads_its_moves(tmp_pa
     assert out.returncode == 0, out.stderr[-3000:]
     (zero,) = list(csv.DictReader(open(tmp_path / "rel.csv")))
     assert zero["std"] == "0.0" and zero["mean"] == zero["unperturbed"]
+
+
+def test_generated_tables_land_between_their_markers_in_the_readme_or_a_docs_page(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import runs
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("intro\n<!-- a.md -->\nold a\n<!-- /a.md -->\nend\n")
+    (tmp_path / "docs" / "experiments.md").write_text("<!-- b.md -->\n<!-- /b.md -->\n")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    runs.readme_table("a", "| new a |")
+    runs.readme_table("b", "| new b |")
+    runs.readme_table("c", "| nowhere |")  # no markers: nothing is written anywhere, and it says so
+    assert "no <!-- c.md --> markers" in capsys.readouterr().out
+    assert (tmp_path / "README.md").read_text() == "intro\n<!-- a.md -->\n| new a |\n<!-- /a.md -->\nend\n"
+    assert (tmp_path / "docs" / "experiments.md").read_text() == "<!-- b.md -->\n| new b |\n<!-- /b.md -->\n"
