@@ -160,6 +160,12 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
                                     "meta_val.every_n_steps": "250"},
     "apt_cosine_eps_adapt_1.0_4k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "4000",
                                     "meta_val.every_n_steps": "250"},
+    # ... whose every failure on the validation tasks is the cart leaving the track with the pole up (tenth
+    # session): the query targets from theta^-, which does not know the flip, carry a value of about 14 steps, too
+    # short for the position. With the task-aware targets of the seed article (theta_i^-, eighth session), which
+    # diverged with the init's own support
+    "apt_cosine_eps_adapt_1.0_6k_query_adapted": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                  "trainer.max_steps": "6000", "model.query_target": "adapted"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
