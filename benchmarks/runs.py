@@ -43,7 +43,7 @@ def readme_table(name: str, table: str) -> None:
         if marker.search(text):
             path.write_text(marker.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text))
             return
-    print(f"no <!-- {name}.md --> markers in README.md or docs/*.md: the table is only in docs/results", flush=True)
+    print(f"no <!-- {name}.md --> markers in README.md or docs/*.md: the table is only in its own .md file", flush=True)
 
 
 def trained_budget(rows: list[dict]) -> str:

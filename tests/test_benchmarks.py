@@ -148,6 +148,18 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/val_noise.py", "no_label.ckpt"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode != 0 and "give LABEL=PATH" in bad.stderr
+    # failure_modes.py: the same validation return, and every early end has a cause (CartPole ends on no other)
+    out = subprocess.run([sys.executable, "benchmarks/failure_modes.py", f"trained={ckpt}", "--k", "1", "--out",
+                          str(tmp_path / "failures")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = csv.DictReader(open(tmp_path / "failures.csv"))
+    assert abs(float(row["val_return"]) - float(zero["unperturbed"])) < 0.05 + 1e-9  # val_noise rounds to 0.1
+    assert 0 < int(row["ended_early"]) <= int(row["episodes"])  # a 40-step run's policies do not last 500 steps
+    assert float(row["cart_off_track"]) + float(row["pole_fallen"]) >= 1.0
+    assert float(row["v_left"]) != float(row["v_right"])
+    bad = subprocess.run([sys.executable, "benchmarks/failure_modes.py", f"trained={tmp_path / 'missing.ckpt'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "missing.ckpt" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_pool_composition_replays_the_task_stream_and_writes_the_shares(tmp_path):
