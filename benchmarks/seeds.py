@@ -166,6 +166,14 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # diverged with the init's own support
     "apt_cosine_eps_adapt_1.0_6k_query_adapted": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                   "trainer.max_steps": "6000", "model.query_target": "adapted"},
+    # ... more of the pool's slots collecting with adapted policies: their long episodes hold the transitions that
+    # end with the cart off the track, the only place where the query's targets say that the edge is bad
+    "apt_cosine_eps_adapt_1.0_6k_adapted_0.75": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                 "trainer.max_steps": "6000", "data.collect_adapted": "0.75"},
+    # ... 3-step returns: the edge's terminal reaches three times farther back per bootstrap, and in the adapted
+    # slots' data the rewards are those of a policy that knows the task
+    "apt_cosine_eps_adapt_1.0_6k_n_step_3": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000",
+                                             "data.n_step": "3"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
