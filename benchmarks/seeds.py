@@ -174,6 +174,12 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # slots' data the rewards are those of a policy that knows the task
     "apt_cosine_eps_adapt_1.0_6k_n_step_3": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000",
                                              "data.n_step": "3"},
+    # ... the adapted slots' queries with the rewards of 50 or 100 steps of their own episodes (data.query_n_step):
+    # targets that reach the track's edge, where theta^-'s one-step values are a dozen steps long
+    "apt_cosine_eps_adapt_1.0_6k_query_n_50": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                               "trainer.max_steps": "6000", "data.query_n_step": "50"},
+    "apt_cosine_eps_adapt_1.0_6k_query_n_100": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                "trainer.max_steps": "6000", "data.query_n_step": "100"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)

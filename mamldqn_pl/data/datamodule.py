@@ -92,6 +92,11 @@ class MetaDQNDataModule(pl.LightningDataModule):
             sampled transition carries the next n_step - 1 rewards of its episode (ReplayBuffers); the same
             holds for the meta-test support. Reward reaches the values n times faster per bootstrap, which
             matters where it is sparse (MountainCar, Acrobot) and makes the targets lean less on theta^-.
+        query_n_step: > 1: the query transitions of the adapted slots (collect_adapted_per task) carry this many
+            rewards of their episode (n-step targets), all other rows stay one-step, the support included, as
+            at meta-test. Why: theta^- does not know a task's flip, so its values are those of a pole that
+            nobody controls (about a dozen steps on CartPole); one-step targets from it see the track's edge
+            only a few steps ahead, while the adapted policies' own rewards reach as far as the window.
         n_val_tasks, n_test_tasks: sizes of the validation and held-out test task sets.
         train_seed, val_seed, test_seed: seeds of the three task sets (must differ).
     """
@@ -121,6 +126,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         collect_adapted_per: str = "meta_step",
         collection: str = "current",
         n_step: int = 1,
+        query_n_step: int = 1,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
         train_seed: int = 0,
@@ -165,6 +171,15 @@ class MetaDQNDataModule(pl.LightningDataModule):
                     f"data.learning_starts = {learning_starts} with support_from warm_start")
         require(0.0 <= collect_adapted <= 1.0, f"data.collect_adapted: {collect_adapted} must lie in [0, 1]")
         require(isinstance(n_step, int) and n_step >= 1, f"data.n_step: {n_step!r} must be an integer >= 1")
+        require(isinstance(query_n_step, int) and query_n_step >= 1,
+                f"data.query_n_step: {query_n_step!r} must be an integer >= 1")
+        if query_n_step > 1:
+            require(n_step == 1, f"data.query_n_step: {query_n_step} needs data.n_step 1 (it is {n_step}): the "
+                    "support and theta's slots stay one-step")
+            require(collect_adapted > 0 and collect_adapted_per == "task",
+                    f"data.query_n_step: {query_n_step} windows the adapted slots' queries; it needs "
+                    f"data.collect_adapted > 0 (it is {collect_adapted}) and data.collect_adapted_per task "
+                    f"(it is {collect_adapted_per})")
         require(collect_adapted_per in ("meta_step", "task"),
                 f"data.collect_adapted_per: {collect_adapted_per!r}; allowed: meta_step, task")
         require(collection in ("current", "ahead", "process"),
@@ -281,9 +296,12 @@ class MetaDQNDataModule(pl.LightningDataModule):
 
     def _support_query(self, tasks: torch.Tensor, n_query: int) -> tuple[dict, dict]:
         hp = self.hparams
+        windows = None
+        if hp.query_n_step > 1 and n_query:  # the adapted slots' queries get their episodes' rewards
+            windows = (hp.query_n_step, tasks < round(hp.collect_adapted * hp.pool_size))
         if hp.support_from == "warm_start":
-            return self.buffers.sample_after_first(tasks, hp.support_size, n_query, self.generator)
-        return self.buffers.sample_disjoint(tasks, hp.support_size, n_query, self.generator)
+            return self.buffers.sample_after_first(tasks, hp.support_size, n_query, self.generator, windows)
+        return self.buffers.sample_disjoint(tasks, hp.support_size, n_query, self.generator, windows)
 
     def _collect(self, tasks: torch.Tensor, counts: torch.Tensor, q_values: QValues,
                  adapted_q_values: AdaptedQValues | None, epsilon: float) -> None:

@@ -63,15 +63,17 @@ class ReplayBuffers:
         self.pos[tasks] = 0
         self.size[tasks] = 0
 
-    def gather(self, tasks: Tensor, slots: Tensor) -> dict[str, Tensor]:
+    def gather(self, tasks: Tensor, slots: Tensor, n_step: int | None = None) -> dict[str, Tensor]:
         """Transitions at `slots` [m, n] of buffers `tasks` [m], each field shaped [m, n, ...]; with n_step > 1
-        also their reward windows, and next_obs / terminated read at each window's last transition."""
+        (the buffer's, or this call's) also their reward windows, and next_obs / terminated read at each window's
+        last transition."""
+        n_step = self.n_step if n_step is None else n_step
         base = (tasks.unsqueeze(1) * self.capacity).expand_as(slots).reshape(-1)
         flat = base + slots.reshape(-1)  # one index_select per field: cheaper
         window, ends = {}, flat
-        if self.n_step > 1:
-            rewards, steps, ends = self._window(base, slots.reshape(-1), flat)
-            window = {"reward_window": rewards.view(*slots.shape, self.n_step), "steps": steps.view(slots.shape)}
+        if n_step > 1:
+            rewards, steps, ends = self._window(base, slots.reshape(-1), flat, n_step)
+            window = {"reward_window": rewards.view(*slots.shape, n_step), "steps": steps.view(slots.shape)}
         out = {}
         for name in FIELDS:
             field = getattr(self, name)
@@ -80,7 +82,7 @@ class ReplayBuffers:
             out[name] = picked.view(*slots.shape, *field.shape[2:])
         return {**out, **window}
 
-    def _window(self, base: Tensor, slot: Tensor, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _window(self, base: Tensor, slot: Tensor, flat: Tensor, n_step: int) -> tuple[Tensor, Tensor, Tensor]:
         """The n-step window of each transition at `flat`: its rewards [.., n_step] (zeros past its end), how
         many transitions it holds, and where it ends. A later slot belongs to it when it holds the very next
         write of the buffer (not yet overwritten, already written) and no earlier one ended the episode."""
@@ -89,7 +91,7 @@ class ReplayBuffers:
         window, last = [rewards[flat]], flat
         steps = torch.ones_like(flat)
         going = ~ended[flat]
-        for j in range(1, self.n_step):
+        for j in range(1, n_step):
             slot = torch.where(slot + 1 >= self.capacity, self.keep_first, slot + 1)
             at = base + slot
             going = going & (stamp[at] == first + j)
@@ -109,9 +111,11 @@ class ReplayBuffers:
         return self.gather(torch.arange(n), torch.arange(size).expand(n, size))
 
     def sample_disjoint(
-        self, tasks: Tensor, n_support: int, n_query: int, generator: torch.Generator
+        self, tasks: Tensor, n_support: int, n_query: int, generator: torch.Generator,
+        query_windows: tuple[int, Tensor] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Support and query batches per task, drawn without replacement: they never share a transition."""
+        """Support and query batches per task, drawn without replacement: they never share a transition. With
+        `query_windows` (n, mask over `tasks`): see `windowed_query`."""
         need = n_support + n_query
         short = self.size[tasks] < need
         if short.any():
@@ -120,12 +124,16 @@ class ReplayBuffers:
         keys[torch.arange(self.capacity).unsqueeze(0) >= self.size[tasks].unsqueeze(1)] = 2.0  # empty slots last
         slots = keys.topk(need, dim=1, largest=False).indices  # the `need` smallest keys, in key order
         both = self.gather(tasks, slots)  # one gather; support and query are its two halves
-        return {k: v[:, :n_support] for k, v in both.items()}, {k: v[:, n_support:] for k, v in both.items()}
+        support, query = {k: v[:, :n_support] for k, v in both.items()}, {k: v[:, n_support:] for k, v in both.items()}
+        if query_windows is not None:
+            return self.windowed_query(tasks, slots[:, n_support:], support, query, *query_windows)
+        return support, query
 
-    def sample_after_first(self, tasks: Tensor, n_support: int, n_query: int,
-                           generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def sample_after_first(self, tasks: Tensor, n_support: int, n_query: int, generator: torch.Generator,
+                           query_windows: tuple[int, Tensor] | None = None
+                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Support: each task's first n_support transitions (its warm start, in order); query: n_query drawn
-        without replacement from the rest. Disjoint by construction."""
+        without replacement from the rest. Disjoint by construction. `query_windows`: see `windowed_query`."""
         if n_support > self.keep_first:
             raise RuntimeError(f"the first {n_support} transitions are not kept (keep_first {self.keep_first})")
         need = self.keep_first + n_query
@@ -137,7 +145,29 @@ class ReplayBuffers:
         keys[(slot >= self.size[tasks].unsqueeze(1)) | (slot < self.keep_first)] = 2.0  # never drawn
         query = keys.topk(n_query, dim=1, largest=False).indices
         first = torch.arange(n_support).expand(len(tasks), n_support)
-        return self.gather(tasks, first), self.gather(tasks, query)
+        support, query_batch = self.gather(tasks, first), self.gather(tasks, query)
+        if query_windows is not None:
+            return self.windowed_query(tasks, query, support, query_batch, *query_windows)
+        return support, query_batch
+
+    def windowed_query(self, tasks: Tensor, query_slots: Tensor, support: dict[str, Tensor], query: dict[str, Tensor],
+                       n_step: int, windowed: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The query rows of the tasks where `windowed` holds get reward windows of `n_step` (n-step targets); every
+        other row, the support's included, is its one-step self in the windowed form (`one_step_windows`)."""
+        if self.n_step != 1:
+            raise ValueError(f"windowed queries need a one-step buffer (n_step {self.n_step})")
+        long = self.gather(tasks, query_slots, n_step)
+        short = self.one_step_windows(query, n_step)
+        pick = {k: windowed.view(-1, *[1] * (v.dim() - 1)) for k, v in long.items()}
+        return self.one_step_windows(support, n_step), {k: torch.where(pick[k], v, short[k]) for k, v in long.items()}
+
+    @staticmethod
+    def one_step_windows(batch: dict[str, Tensor], n_step: int) -> dict[str, Tensor]:
+        """A one-step batch in the n-step form: its reward, then zeros, one step held. Its n-step TD target is the
+        one-step target exactly (r + 0 + ..., discount gamma^1), so one-step and windowed rows can share a batch."""
+        rewards = batch["rewards"]
+        window = torch.cat([rewards.unsqueeze(-1), rewards.new_zeros(*rewards.shape, n_step - 1)], dim=-1)
+        return {**batch, "reward_window": window, "steps": torch.ones_like(batch["actions"])}
 
     def state_dict(self) -> dict[str, Tensor]:
         return {name: getattr(self, name).clone() for name in (*STORED, "writes", "pos", "size")}
