@@ -180,6 +180,12 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
                                                "trainer.max_steps": "6000", "data.query_n_step": "50"},
     "apt_cosine_eps_adapt_1.0_6k_query_n_100": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                 "trainer.max_steps": "6000", "data.query_n_step": "100"},
+    # ... and shorter windows (50 put a position sense into theta's values, V 38 at the centre against 12-14 at the
+    # edges, but the adapted policies dropped the pole more often)
+    "apt_cosine_eps_adapt_1.0_6k_query_n_10": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                               "trainer.max_steps": "6000", "data.query_n_step": "10"},
+    "apt_cosine_eps_adapt_1.0_6k_query_n_20": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                               "trainer.max_steps": "6000", "data.query_n_step": "20"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
