@@ -166,6 +166,11 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # diverged with the init's own support
     "apt_cosine_eps_adapt_1.0_6k_query_adapted": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                   "trainer.max_steps": "6000", "model.query_target": "adapted"},
+    # ... which overestimates (theta's values pass 100, the most a CartPole state is worth at gamma 0.99): with
+    # Double DQN, a' from theta_i (theta after the same K steps) and its value from theta_i^-
+    "apt_cosine_eps_adapt_1.0_6k_query_adapted_ddqn": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                       "trainer.max_steps": "6000", "model.query_target": "adapted",
+                                                       "model.double_dqn": "true"},
     # ... more of the pool's slots collecting with adapted policies: their long episodes hold the transitions that
     # end with the cart off the track, the only place where the query's targets say that the edge is bad
     "apt_cosine_eps_adapt_1.0_6k_adapted_0.75": {**APT_COSINE, "data.epsilon_adapt": "1.0",

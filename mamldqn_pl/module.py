@@ -96,6 +96,7 @@ class MAMLDQN(pl.LightningModule):
             meta-objective. "shared": theta^-, the same for every task. "adapted": theta_i^-, theta^- after the
             same K inner steps on task i's support (its own TD targets, no gradient), the seed's task-specific
             target network (its section 4.2), so that the query targets bootstrap from values that know the task.
+            With double_dqn, a' comes from theta_i (theta after the same K steps) and its value from theta_i^-.
             Meta-test is unchanged (its support targets come from the frozen initialisation).
         pre_loss_weight: lambda of an extra term lambda x (query TD loss of theta itself, before adaptation) in
             the meta-objective (0: off). The MAML objective alone never asks theta's own policy to be good, and
@@ -313,8 +314,16 @@ class MAMLDQN(pl.LightningModule):
             support = {"x": split.encode(batch["support"]["obs"]), "actions": batch["support"]["actions"],
                        "target": support_target}
             adapted = self.inner.adapted_no_grad(split.q_fn, split.fast, support)
-            return self._td_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
-                                    mask)
+            online = None
+            if self.hparams.double_dqn:  # a' from theta_i (theta after the same K steps), its value from theta_i^-
+                own = {k: v.detach() for k, v in self.net.named_parameters()}
+                own_split = split_for_adaptation(self.net, own, self.adapt)
+                own_adapted = self.inner.adapted_no_grad(
+                    own_split.q_fn, own_split.fast, {**support, "x": own_split.encode(batch["support"]["obs"])})
+                online = lambda obs: batched_q(self.net, own, own_adapted, obs)  # noqa: E731
+            return batch_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
+                                 self.hparams.gamma, None if mask is None else mask.unsqueeze(1), self.inner.advantage,
+                                 online)
 
     def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
