@@ -7,7 +7,12 @@ the pole fallen (|angle| > 12 degrees). Beside it, the initialisation's own stat
 pole upright and still, at x = -2.4, 0 and 2.4: the position sense that the inner loop's TD targets (from theta^-,
 the initialisation's copy) hand to the adapted head. Validation tasks only; the returns equal `evaluate_init`'s.
 
-    .venv/bin/python benchmarks/failure_modes.py LABEL=PATH/TO.ckpt ... [--k 5] [--out docs/results/failure_modes]
+`--targets-from LABEL=PATH ...` adds, for each checkpoint, a row per named checkpoint whose initialisation makes
+the support's TD targets in its place (the same support data, the same inner steps from the checkpoint's own
+weights): does handing one init another's values move its failures?
+
+    .venv/bin/python benchmarks/failure_modes.py LABEL=PATH/TO.ckpt ... [--k 5] [--targets-from LABEL=PATH ...] \
+        [--out docs/results/failure_modes]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from mamldqn_pl.evaluation import Protocol, evaluate_init
 from mamldqn_pl.report import write_csv
 from mamldqn_pl.tasks.cartpole import BatchedCartPole, CartPoleFamily
 
-COLUMNS = ("checkpoint", "k", "val_return", "episodes", "ended_early", "cart_off_track", "pole_fallen",
+COLUMNS = ("checkpoint", "targets_from", "k", "val_return", "episodes", "ended_early", "cart_off_track", "pole_fallen",
            "v_left", "v_centre", "v_right")
 EDGES = (-2.4, 0.0, 2.4)
 
@@ -61,16 +66,20 @@ class Recorder:
         self.family.batched = self.batched
 
 
-def failure_row(label: str, ckpt: str, k: int) -> dict:
-    """One checkpoint's validation return at K, its greedy episodes' early ends by cause, and theta's V(x)."""
+def failure_row(label: str, ckpt: str, k: int, targets: tuple[str, str] | None = None) -> dict:
+    """One checkpoint's validation return at K, its greedy episodes' early ends by cause, and theta's V(x); with
+    `targets` (LABEL, PATH) the support's TD targets come from that checkpoint's initialisation."""
     model, dm = load(ckpt)
+    target_params = None
+    if targets is not None:
+        target_params = dict(load(targets[1])[0].init_net.named_parameters())
     if not isinstance(dm.family, CartPoleFamily):
         raise SystemExit(f"{ckpt}: family {dm.hparams.family!r}; failure_modes.py reads CartPole's terminal states")
     protocol = Protocol.of(dm.hparams, (k,), 5, (0, 1, 2))
     net = model.init_net
     with Recorder(dm.family) as recorder:
         rows = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.val_tasks, model.adapt, model.inner,
-                             model.hparams.gamma, protocol)
+                             model.hparams.gamma, protocol, target_params=target_params)
     terminal = np.array(recorder.terminal).reshape(-1, 4)
     off = np.abs(terminal[:, 0]) > BatchedCartPole.x_threshold
     fallen = np.abs(terminal[:, 2]) > BatchedCartPole.theta_threshold
@@ -79,7 +88,8 @@ def failure_row(label: str, ckpt: str, k: int) -> dict:
     with torch.no_grad():
         v = net(obs).max(dim=1).values.tolist()
     ended = len(terminal)
-    return {"checkpoint": label, "k": k, "val_return": float(np.mean([r["return"] for r in rows])),
+    return {"checkpoint": label, "targets_from": label if targets is None else targets[0], "k": k,
+            "val_return": float(np.mean([r["return"] for r in rows])),
             "episodes": len(rows) * protocol.episodes, "ended_early": ended,
             "cart_off_track": float(off.mean()) if ended else 0.0,
             "pole_fallen": float(fallen.mean()) if ended else 0.0,
@@ -87,10 +97,11 @@ def failure_row(label: str, ckpt: str, k: int) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| checkpoint | K | val return | episodes ended early | cart off the track | pole fallen | "
-             "V(x = -2.4, 0, 2.4) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | support targets from | K | val return | episodes ended early | cart off the track | "
+             "pole fallen | V(x = -2.4, 0, 2.4) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['checkpoint']} | {r['k']} | {r['val_return']:.0f} | {r['ended_early']} of "
+        lines.append(f"| {r['checkpoint']} | {r['targets_from']} | {r['k']} | {r['val_return']:.0f} | "
+                     f"{r['ended_early']} of "
                      f"{r['episodes']} | {r['cart_off_track']:.0%} | {r['pole_fallen']:.0%} | "
                      f"{r['v_left']:.1f}, {r['v_centre']:.1f}, {r['v_right']:.1f} |")
     return "\n".join(lines)
@@ -100,14 +111,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="LABEL=PATH pairs")
     parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--targets-from", nargs="*", default=[], help="LABEL=PATH pairs whose inits make the targets")
     parser.add_argument("--out", default=str(ROOT / "docs/results/failure_modes"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pairs = [c.split("=", 1) for c in args.checkpoints]
-    bad = [c for c, p in zip(args.checkpoints, pairs) if len(p) != 2 or not Path(p[1]).is_file()]
-    if bad:
-        raise SystemExit(f"checkpoints: {bad[0]!r} is not LABEL=PATH to an existing .ckpt")
-    rows = [failure_row(label, path, args.k) for label, path in pairs]
+    pairs, sources = ([c.split("=", 1) for c in given] for given in (args.checkpoints, args.targets_from))
+    for name, given, split in (("checkpoints", args.checkpoints, pairs),
+                               ("--targets-from", args.targets_from, sources)):
+        bad = [c for c, p in zip(given, split) if len(p) != 2 or not Path(p[1]).is_file()]
+        if bad:
+            raise SystemExit(f"{name}: {bad[0]!r} is not LABEL=PATH to an existing .ckpt")
+    rows = [row for label, path in pairs for row in [failure_row(label, path, args.k)]
+            + [failure_row(label, path, args.k, (source, other)) for source, other in sources]]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out.with_suffix(".csv"), COLUMNS, rows)

@@ -131,10 +131,13 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
 
 def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Task], adapt: str,
                   inner: InnerLoop, gamma: float, protocol: Protocol, seeds: Sequence[int] | None = None,
-                  label: str = "init", collect_params: FastWeights | None = None) -> list[dict]:
+                  label: str = "init", collect_params: FastWeights | None = None,
+                  target_params: FastWeights | None = None) -> list[dict]:
     """Run the protocol for one initialisation `params`; one row per (task, seed, K). `collect_params`: the
     weights whose epsilon-greedy play fills the support (default `params`, as at meta-test); a diagnosis that
-    moves `params` can hold the support's transitions fixed with it (benchmarks/val_noise.py)."""
+    moves `params` can hold the support's transitions fixed with it (benchmarks/val_noise.py). `target_params`:
+    the weights whose values make the support's TD targets (default `params`, the frozen initialisation); a
+    diagnosis can hand one init another's targets (benchmarks/failure_modes.py --targets-from)."""
     seeds = list(protocol.seeds if seeds is None else seeds)
     slots = [t for _ in seeds for t in tasks]
     slot_seed = [s for s in seeds for _ in tasks]
@@ -148,6 +151,7 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
 
     q_init = q_of(params)
     q_play = q_init if collect_params is None else q_of({k: v.detach() for k, v in collect_params.items()})
+    q_target = q_init if target_params is None else q_of({k: v.detach() for k, v in target_params.items()})
 
     rows: list[dict] = []
     with torch.inference_mode(False), torch.enable_grad():
@@ -157,7 +161,7 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
             env = family.batched(slots, generator)
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim, n_step=protocol.n_step)
             collect(Collector(env, buffers, generator), q_play, protocol.adapt_budget, protocol.epsilon_adapt)
-            support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, gamma, device,
+            support = support_batch(split, buffers, env.action_counts, family.n_actions, q_target, gamma, device,
                                     inner.advantage)
         rep = torch.arange(n).repeat_interleave(protocol.episodes)
         for k, fast in adapted_weights(split, inner, support, protocol.ks, n):

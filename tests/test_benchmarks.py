@@ -149,10 +149,14 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
                          text=True, timeout=600)
     assert bad.returncode != 0 and "give LABEL=PATH" in bad.stderr
     # failure_modes.py: the same validation return, and every early end has a cause (CartPole ends on no other)
-    out = subprocess.run([sys.executable, "benchmarks/failure_modes.py", f"trained={ckpt}", "--k", "1", "--out",
-                          str(tmp_path / "failures")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "benchmarks/failure_modes.py", f"trained={ckpt}", "--k", "1",
+                          "--targets-from", f"itself={ckpt}", "--out", str(tmp_path / "failures")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    (row,) = csv.DictReader(open(tmp_path / "failures.csv"))
+    row, itself = csv.DictReader(open(tmp_path / "failures.csv"))
+    assert (row["targets_from"], itself["targets_from"]) == ("trained", "itself")
+    assert {k: v for k, v in row.items() if k != "targets_from"} == {k: v for k, v in itself.items()
+                                                                     if k != "targets_from"}
     assert abs(float(row["val_return"]) - float(zero["unperturbed"])) < 0.05 + 1e-9  # val_noise rounds to 0.1
     assert 0 < int(row["ended_early"]) <= int(row["episodes"])  # a 40-step run's policies do not last 500 steps
     assert float(row["cart_off_track"]) + float(row["pole_fallen"]) >= 1.0
