@@ -28,17 +28,27 @@ class TargetNetworkSync(pl.Callback):
     (default trainer.max_steps): a fast-moving target early, a slow one late. A slow target makes the
     validation return smooth but learning slow (docs/results/stability_screen.md); the schedule is a function of
     the step alone, so a resumed run follows the same curve.
+
+    With `to_best` (and tau 0) theta^- is instead a hard copy of the best initialisation validated so far
+    (`meta_val`'s return at its monitored K, validation tasks only), and stays fixed between new bests. Why:
+    which value function a run bootstraps from decides most of its seed's result (docs/experiments.md, tenth
+    session), and theta's values drift with theta; a fixed good one does not (benchmarks/teacher_targets.py).
     """
 
     def __init__(self, tau: float = 0.005, every_n_steps: int = 0, tau_final: float | None = None,
-                 tau_horizon: int | None = None) -> None:
+                 tau_horizon: int | None = None, to_best: bool = False) -> None:
         require(0.0 <= tau <= 1.0, f"target_sync.tau: {tau} must lie in [0, 1]")
         require(every_n_steps >= 0, f"target_sync.every_n_steps: {every_n_steps} must be >= 0")
-        require((tau > 0) != (every_n_steps > 0),
-                f"target_sync: set exactly one of tau ({tau}) > 0 or every_n_steps ({every_n_steps}) > 0")
+        require((tau > 0) + (every_n_steps > 0) + bool(to_best) == 1,
+                f"target_sync: set exactly one of tau ({tau}) > 0, every_n_steps ({every_n_steps}) > 0 or "
+                f"to_best ({to_best}) true")
         require(tau_final is None or (tau > 0 and 0.0 < tau_final <= tau),
                 f"target_sync.tau_final: {tau_final} must lie in (0, tau = {tau}] (and needs tau > 0)")
         require(tau_horizon is None or tau_horizon >= 1, f"target_sync.tau_horizon: {tau_horizon} must be >= 1")
+        self.to_best = to_best
+        self.best: float | None = None  # to_best: the best validated return, and theta at the newest check
+        self.checked: dict[str, torch.Tensor] | None = None
+        self.seen = 0  # to_best: how many of meta_val's checks have been read
         self.tau = tau
         self.every_n_steps = every_n_steps
         self.tau_final = tau_final
@@ -55,6 +65,9 @@ class TargetNetworkSync(pl.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.to_best:
+            self._to_best(trainer, pl_module)
+            return
         online, target = pl_module.net.parameters(), pl_module.target_net.parameters()
         if self.tau > 0:
             tau = self.tau_at(trainer.global_step, trainer.max_steps)
@@ -67,11 +80,33 @@ class TargetNetworkSync(pl.Callback):
             return
         self.syncs += 1
 
+    def _to_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Runs before meta_val in each step: a check of the previous step that beat the best hands theta as it
+        was validated (kept here at that step) to theta^-; then theta is kept if this step will be validated."""
+        validation = next((c for c in trainer.callbacks if isinstance(c, MetaTestEvaluation)), None)
+        require(validation is not None, "target_sync.to_best needs the meta_val validation")
+        key = f"meta_val/return_k{validation.monitored_k(pl_module.hparams.inner_steps)}"
+        for result in validation.history[self.seen:]:
+            if self.checked is not None and (self.best is None or result[key] > self.best):
+                self.best = result[key]
+                for name, t in pl_module.target_net.named_parameters():
+                    t.copy_(self.checked[name])
+                self.syncs += 1
+        self.seen = len(validation.history)
+        step = trainer.global_step
+        if step % validation.every_n_steps == 0 or step == trainer.max_steps:
+            self.checked = {k: v.detach().clone() for k, v in pl_module.init_net.named_parameters()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"syncs": self.syncs}
+        state = {"syncs": self.syncs}
+        if self.to_best:
+            state.update(best=self.best, seen=self.seen, checked=self.checked)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.syncs = state_dict["syncs"]
+        if self.to_best:
+            self.best, self.seen, self.checked = state_dict["best"], state_dict["seen"], state_dict["checked"]
 
 
 class MetaTestEvaluation(pl.Callback):
