@@ -192,10 +192,13 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "apt_cosine_eps_adapt_1.0_6k_query_n_20": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                "trainer.max_steps": "6000", "data.query_n_step": "20"},
     # ... with theta^- a hard copy of the best initialisation validated so far, fixed between new bests
-    # (target_sync.to_best): benchmarks/teacher_targets.py showed that a fixed good value function as the target
-    # network gives every seed a good init
-    "apt_cosine_eps_adapt_1.0_6k_to_best": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000",
-                                            "target_sync.tau": "0", "target_sync.to_best": "true"},
+    # (target_sync.best_after): benchmarks/teacher_targets.py showed that a fixed good value function as the target
+    # network gives every seed a good init. From the start (0; run as target_sync.to_best, the same rule, before
+    # the key took its final form), or after the usual Polyak target for the first half
+    "apt_cosine_eps_adapt_1.0_6k_best_after_0": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                 "trainer.max_steps": "6000", "target_sync.best_after": "0"},
+    "apt_cosine_eps_adapt_1.0_6k_best_after_3000": {**APT_COSINE, "data.epsilon_adapt": "1.0",
+                                                    "trainer.max_steps": "6000", "target_sync.best_after": "3000"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)

@@ -29,26 +29,28 @@ class TargetNetworkSync(pl.Callback):
     validation return smooth but learning slow (docs/results/stability_screen.md); the schedule is a function of
     the step alone, so a resumed run follows the same curve.
 
-    With `to_best` (and tau 0) theta^- is instead a hard copy of the best initialisation validated so far
-    (`meta_val`'s return at its monitored K, validation tasks only), and stays fixed between new bests. Why:
-    which value function a run bootstraps from decides most of its seed's result (docs/experiments.md, tenth
-    session), and theta's values drift with theta; a fixed good one does not (benchmarks/teacher_targets.py).
+    With `best_after` the sync runs as above until that meta-step; from then on theta^- is a hard copy of the best
+    initialisation validated so far (`meta_val`'s return at its monitored K, validation tasks only, checks before
+    `best_after` included), fixed between new bests. Why: which value function a run bootstraps from decides most
+    of its seed's result (docs/experiments.md, tenth session), and theta's values drift with theta, while a fixed
+    good one does not (benchmarks/teacher_targets.py); 0 holds theta^- at the best from the start.
     """
 
     def __init__(self, tau: float = 0.005, every_n_steps: int = 0, tau_final: float | None = None,
-                 tau_horizon: int | None = None, to_best: bool = False) -> None:
+                 tau_horizon: int | None = None, best_after: int | None = None) -> None:
         require(0.0 <= tau <= 1.0, f"target_sync.tau: {tau} must lie in [0, 1]")
         require(every_n_steps >= 0, f"target_sync.every_n_steps: {every_n_steps} must be >= 0")
-        require((tau > 0) + (every_n_steps > 0) + bool(to_best) == 1,
-                f"target_sync: set exactly one of tau ({tau}) > 0, every_n_steps ({every_n_steps}) > 0 or "
-                f"to_best ({to_best}) true")
+        require((tau > 0) != (every_n_steps > 0),
+                f"target_sync: set exactly one of tau ({tau}) > 0 or every_n_steps ({every_n_steps}) > 0")
+        require(best_after is None or best_after >= 0, f"target_sync.best_after: {best_after} must be >= 0")
         require(tau_final is None or (tau > 0 and 0.0 < tau_final <= tau),
                 f"target_sync.tau_final: {tau_final} must lie in (0, tau = {tau}] (and needs tau > 0)")
         require(tau_horizon is None or tau_horizon >= 1, f"target_sync.tau_horizon: {tau_horizon} must be >= 1")
-        self.to_best = to_best
-        self.best: float | None = None  # to_best: the best validated return, and theta at the newest check
+        self.best_after = best_after
+        self.best: float | None = None  # best_after: the best validated return and its theta, theta at the newest
+        self.best_params: dict[str, torch.Tensor] | None = None  # check, and how many of meta_val's checks were read
         self.checked: dict[str, torch.Tensor] | None = None
-        self.seen = 0  # to_best: how many of meta_val's checks have been read
+        self.seen = 0
         self.tau = tau
         self.every_n_steps = every_n_steps
         self.tau_final = tau_final
@@ -65,9 +67,10 @@ class TargetNetworkSync(pl.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.to_best:
-            self._to_best(trainer, pl_module)
-            return
+        if self.best_after is not None:
+            self._track_best(trainer, pl_module)
+            if trainer.global_step > self.best_after:
+                return
         online, target = pl_module.net.parameters(), pl_module.target_net.parameters()
         if self.tau > 0:
             tau = self.tau_at(trainer.global_step, trainer.max_steps)
@@ -80,33 +83,37 @@ class TargetNetworkSync(pl.Callback):
             return
         self.syncs += 1
 
-    def _to_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Runs before meta_val in each step: a check of the previous step that beat the best hands theta as it
-        was validated (kept here at that step) to theta^-; then theta is kept if this step will be validated."""
+    def _track_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Runs before meta_val in each step: a check of the previous step that beat the best keeps theta as it was
+        validated (held here since that step); past `best_after` theta^- is that best, copied when it changes.
+        Then theta is held if this step will be validated."""
         validation = next((c for c in trainer.callbacks if isinstance(c, MetaTestEvaluation)), None)
-        require(validation is not None, "target_sync.to_best needs the meta_val validation")
+        require(validation is not None, "target_sync.best_after needs the meta_val validation")
         key = f"meta_val/return_k{validation.monitored_k(pl_module.hparams.inner_steps)}"
+        new_best = False
         for result in validation.history[self.seen:]:
             if self.checked is not None and (self.best is None or result[key] > self.best):
-                self.best = result[key]
-                for name, t in pl_module.target_net.named_parameters():
-                    t.copy_(self.checked[name])
-                self.syncs += 1
+                self.best, self.best_params, new_best = result[key], self.checked, True
         self.seen = len(validation.history)
         step = trainer.global_step
+        if self.best_params is not None and step > self.best_after and (new_best or step == self.best_after + 1):
+            for name, t in pl_module.target_net.named_parameters():
+                t.copy_(self.best_params[name])
+            self.syncs += 1
         if step % validation.every_n_steps == 0 or step == trainer.max_steps:
             self.checked = {k: v.detach().clone() for k, v in pl_module.init_net.named_parameters()}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"syncs": self.syncs}
-        if self.to_best:
-            state.update(best=self.best, seen=self.seen, checked=self.checked)
+        if self.best_after is not None:
+            state.update(best=self.best, best_params=self.best_params, seen=self.seen, checked=self.checked)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.syncs = state_dict["syncs"]
-        if self.to_best:
-            self.best, self.seen, self.checked = state_dict["best"], state_dict["seen"], state_dict["checked"]
+        if self.best_after is not None:
+            self.best, self.best_params = state_dict["best"], state_dict["best_params"]
+            self.seen, self.checked = state_dict["seen"], state_dict["checked"]
 
 
 class MetaTestEvaluation(pl.Callback):
