@@ -199,6 +199,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
                                                  "trainer.max_steps": "6000", "target_sync.best_after": "0"},
     "apt_cosine_eps_adapt_1.0_6k_best_after_3000": {**APT_COSINE, "data.epsilon_adapt": "1.0",
                                                     "trainer.max_steps": "6000", "target_sync.best_after": "3000"},
+    # ... and the default config (12,000 steps, the init's own support) with the best after its first half
+    "apt_cosine_best_after_6000": {**APT_COSINE, "target_sync.best_after": "6000"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
     "apt_cosine_eps_adapt_0.5_6k": {**APT_COSINE, "data.epsilon_adapt": "0.5", "trainer.max_steps": "6000"},
     # ... and with the steadier target of the ninth session's fifteen seeds (tau 0.01, Double DQN)
