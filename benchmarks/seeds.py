@@ -44,6 +44,7 @@ PREVIOUS = {"data.collect_adapted_per": "meta_step"}
 EMA_COSINE = {**PREVIOUS, "model.ema_decay": "0.998", "model.meta_lr_schedule": "cosine"}
 PER_TASK = {"data.collect_adapted_per": "task"}  # the fourth session's mechanism, named so it holds either way
 APT_COSINE = {**PER_TASK, "model.meta_lr_schedule": "cosine"}  # = configs/cartpole.yaml since then
+RANDOM_6K = {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000"}  # the ninth session's candidate
 ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     "default": PREVIOUS,
     "no_adapted_collection": {**PREVIOUS, "data.collect_adapted": "0"},  # the settings before issue 10
@@ -148,11 +149,10 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # val_noise.py --fixed-support attributes to the support's collection
     "apt_cosine_eps_adapt_1.0": {**APT_COSINE, "data.epsilon_adapt": "1.0"},
     # ... which is above 400 by step 2,000: the same trained for 6,000 meta-steps (the cosine follows max_steps)
-    "apt_cosine_eps_adapt_1.0_6k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000"},
+    "apt_cosine_eps_adapt_1.0_6k": RANDOM_6K,
     # ... with half the meta-learning rate: its collapses come at steps 3,500-5,000, with the rate still at half to
     # a tenth of its peak
-    "apt_cosine_eps_adapt_1.0_6k_meta_lr_0.0005": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                   "trainer.max_steps": "6000", "model.meta_lr": "0.0005"},
+    "apt_cosine_eps_adapt_1.0_6k_meta_lr_0.0005": {**RANDOM_6K, "model.meta_lr": "0.0005"},
     # ... trained only as long as its runs climb: every seed is above 400 by step 2,000 and the collapses start
     # after 3,500, so a cosine that reaches zero at 3,000 or 4,000 steps settles theta before the drift (checks
     # every 250 steps, so that the final third still holds four to six of them)
@@ -164,41 +164,31 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # session): the query targets from theta^-, which does not know the flip, carry a value of about 14 steps, too
     # short for the position. With the task-aware targets of the seed article (theta_i^-, eighth session), which
     # diverged with the init's own support
-    "apt_cosine_eps_adapt_1.0_6k_query_adapted": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                  "trainer.max_steps": "6000", "model.query_target": "adapted"},
+    "apt_cosine_eps_adapt_1.0_6k_query_adapted": {**RANDOM_6K, "model.query_target": "adapted"},
     # ... which overestimates (theta's values pass 100, the most a CartPole state is worth at gamma 0.99): with
     # Double DQN, a' from theta_i (theta after the same K steps) and its value from theta_i^-
-    "apt_cosine_eps_adapt_1.0_6k_query_adapted_ddqn": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                       "trainer.max_steps": "6000", "model.query_target": "adapted",
+    "apt_cosine_eps_adapt_1.0_6k_query_adapted_ddqn": {**RANDOM_6K, "model.query_target": "adapted",
                                                        "model.double_dqn": "true"},
     # ... more of the pool's slots collecting with adapted policies: their long episodes hold the transitions that
     # end with the cart off the track, the only place where the query's targets say that the edge is bad
-    "apt_cosine_eps_adapt_1.0_6k_adapted_0.75": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                 "trainer.max_steps": "6000", "data.collect_adapted": "0.75"},
+    "apt_cosine_eps_adapt_1.0_6k_adapted_0.75": {**RANDOM_6K, "data.collect_adapted": "0.75"},
     # ... 3-step returns: the edge's terminal reaches three times farther back per bootstrap, and in the adapted
     # slots' data the rewards are those of a policy that knows the task
-    "apt_cosine_eps_adapt_1.0_6k_n_step_3": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "6000",
-                                             "data.n_step": "3"},
+    "apt_cosine_eps_adapt_1.0_6k_n_step_3": {**RANDOM_6K, "data.n_step": "3"},
     # ... the adapted slots' queries with the rewards of 50 or 100 steps of their own episodes (data.query_n_step):
     # targets that reach the track's edge, where theta^-'s one-step values are a dozen steps long
-    "apt_cosine_eps_adapt_1.0_6k_query_n_50": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                               "trainer.max_steps": "6000", "data.query_n_step": "50"},
-    "apt_cosine_eps_adapt_1.0_6k_query_n_100": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                "trainer.max_steps": "6000", "data.query_n_step": "100"},
+    "apt_cosine_eps_adapt_1.0_6k_query_n_50": {**RANDOM_6K, "data.query_n_step": "50"},
+    "apt_cosine_eps_adapt_1.0_6k_query_n_100": {**RANDOM_6K, "data.query_n_step": "100"},
     # ... and shorter windows (50 put a position sense into theta's values, V 38 at the centre against 12-14 at the
     # edges, but the adapted policies dropped the pole more often)
-    "apt_cosine_eps_adapt_1.0_6k_query_n_10": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                               "trainer.max_steps": "6000", "data.query_n_step": "10"},
-    "apt_cosine_eps_adapt_1.0_6k_query_n_20": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                               "trainer.max_steps": "6000", "data.query_n_step": "20"},
+    "apt_cosine_eps_adapt_1.0_6k_query_n_10": {**RANDOM_6K, "data.query_n_step": "10"},
+    "apt_cosine_eps_adapt_1.0_6k_query_n_20": {**RANDOM_6K, "data.query_n_step": "20"},
     # ... with theta^- a hard copy of the best initialisation validated so far, fixed between new bests
     # (target_sync.best_after): benchmarks/teacher_targets.py showed that a fixed good value function as the target
     # network gives every seed a good init. From the start (0; run as target_sync.to_best, the same rule, before
     # the key took its final form), or after the usual Polyak target for the first half
-    "apt_cosine_eps_adapt_1.0_6k_best_after_0": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                 "trainer.max_steps": "6000", "target_sync.best_after": "0"},
-    "apt_cosine_eps_adapt_1.0_6k_best_after_3000": {**APT_COSINE, "data.epsilon_adapt": "1.0",
-                                                    "trainer.max_steps": "6000", "target_sync.best_after": "3000"},
+    "apt_cosine_eps_adapt_1.0_6k_best_after_0": {**RANDOM_6K, "target_sync.best_after": "0"},
+    "apt_cosine_eps_adapt_1.0_6k_best_after_3000": {**RANDOM_6K, "target_sync.best_after": "3000"},
     # ... and the default config (12,000 steps, the init's own support) with the best after its first half
     "apt_cosine_best_after_6000": {**APT_COSINE, "target_sync.best_after": "6000"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
