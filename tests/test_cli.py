@@ -162,7 +162,7 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != 
 @pytest.fixture(scope="module")
 def config_runs(tmp_path_factory) -> tuple[Path, dict]:
     """Every config's tiny `fit`, then its `test`, in subprocesses; two configs at a time, so that a 2-core machine
-    runs the thirteen pairs in about half the time (each process uses one torch thread)."""
+    runs the pairs in about half the time (each process uses one torch thread)."""
     base = tmp_path_factory.mktemp("configs")
 
     def fit_then_test(config: str):
