@@ -189,6 +189,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # the key took its final form), or after the usual Polyak target for the first half
     "apt_cosine_eps_adapt_1.0_6k_best_after_0": {**RANDOM_6K, "target_sync.best_after": "0"},
     "apt_cosine_eps_adapt_1.0_6k_best_after_3000": {**RANDOM_6K, "target_sync.best_after": "3000"},
+    # ... or after two thirds: its two poor seeds' best checks before step 3,000 were 368 and 428
+    "apt_cosine_eps_adapt_1.0_6k_best_after_4000": {**RANDOM_6K, "target_sync.best_after": "4000"},
     # ... and the default config (12,000 steps, the init's own support) with the best after its first half
     "apt_cosine_best_after_6000": {**APT_COSINE, "target_sync.best_after": "6000"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
