@@ -66,34 +66,34 @@ class Recorder:
         self.family.batched = self.batched
 
 
-def failure_row(label: str, ckpt: str, k: int, targets: tuple[str, str] | None = None) -> dict:
-    """One checkpoint's validation return at K, its greedy episodes' early ends by cause, and theta's V(x); with
-    `targets` (LABEL, PATH) the support's TD targets come from that checkpoint's initialisation."""
+def failure_rows(label: str, ckpt: str, k: int, sources: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
+    """One checkpoint's validation return at K, its greedy episodes' early ends by cause, and theta's V(x): with its
+    own values as the support's TD targets, then with each of `sources` (LABEL -> an initialisation's weights)."""
     model, dm = load(ckpt)
-    target_params = None
-    if targets is not None:
-        target_params = dict(load(targets[1])[0].init_net.named_parameters())
     if not isinstance(dm.family, CartPoleFamily):
         raise SystemExit(f"{ckpt}: family {dm.hparams.family!r}; failure_modes.py reads CartPole's terminal states")
     protocol = Protocol.of(dm.hparams, (k,), 5, (0, 1, 2))
     net = model.init_net
-    with Recorder(dm.family) as recorder:
-        rows = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.val_tasks, model.adapt, model.inner,
-                             model.hparams.gamma, protocol, target_params=target_params)
-    terminal = np.array(recorder.terminal).reshape(-1, 4)
-    off = np.abs(terminal[:, 0]) > BatchedCartPole.x_threshold
-    fallen = np.abs(terminal[:, 2]) > BatchedCartPole.theta_threshold
     obs = torch.zeros(len(EDGES), 4)
     obs[:, 0] = torch.tensor(EDGES)
     with torch.no_grad():
         v = net(obs).max(dim=1).values.tolist()
-    ended = len(terminal)
-    return {"checkpoint": label, "targets_from": label if targets is None else targets[0], "k": k,
-            "val_return": float(np.mean([r["return"] for r in rows])),
-            "episodes": len(rows) * protocol.episodes, "ended_early": ended,
-            "cart_off_track": float(off.mean()) if ended else 0.0,
-            "pole_fallen": float(fallen.mean()) if ended else 0.0,
-            "v_left": v[0], "v_centre": v[1], "v_right": v[2]}
+    out = []
+    for source, target_params in [(label, None), *sources.items()]:
+        with Recorder(dm.family) as recorder:
+            rows = evaluate_init(net, dict(net.named_parameters()), dm.family, dm.val_tasks, model.adapt,
+                                 model.inner, model.hparams.gamma, protocol, target_params=target_params)
+        terminal = np.array(recorder.terminal).reshape(-1, 4)
+        off = np.abs(terminal[:, 0]) > BatchedCartPole.x_threshold
+        fallen = np.abs(terminal[:, 2]) > BatchedCartPole.theta_threshold
+        ended = len(terminal)
+        out.append({"checkpoint": label, "targets_from": source, "k": k,
+                    "val_return": float(np.mean([r["return"] for r in rows])),
+                    "episodes": len(rows) * protocol.episodes, "ended_early": ended,
+                    "cart_off_track": float(off.mean()) if ended else 0.0,
+                    "pole_fallen": float(fallen.mean()) if ended else 0.0,
+                    "v_left": v[0], "v_centre": v[1], "v_right": v[2]})
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
@@ -121,8 +121,8 @@ def main() -> None:
         bad = [c for c, p in zip(given, split) if len(p) != 2 or not Path(p[1]).is_file()]
         if bad:
             raise SystemExit(f"{name}: {bad[0]!r} is not LABEL=PATH to an existing .ckpt")
-    rows = [row for label, path in pairs for row in [failure_row(label, path, args.k)]
-            + [failure_row(label, path, args.k, (source, other)) for source, other in sources]]
+    targets = {source: dict(load(other)[0].init_net.named_parameters()) for source, other in sources}
+    rows = [row for label, path in pairs for row in failure_rows(label, path, args.k, targets)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out.with_suffix(".csv"), COLUMNS, rows)

@@ -156,10 +156,8 @@ ABLATION = {  # variant -> settings that differ from configs/cartpole.yaml
     # ... trained only as long as its runs climb: every seed is above 400 by step 2,000 and the collapses start
     # after 3,500, so a cosine that reaches zero at 3,000 or 4,000 steps settles theta before the drift (checks
     # every 250 steps, so that the final third still holds four to six of them)
-    "apt_cosine_eps_adapt_1.0_3k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "3000",
-                                    "meta_val.every_n_steps": "250"},
-    "apt_cosine_eps_adapt_1.0_4k": {**APT_COSINE, "data.epsilon_adapt": "1.0", "trainer.max_steps": "4000",
-                                    "meta_val.every_n_steps": "250"},
+    "apt_cosine_eps_adapt_1.0_3k": {**RANDOM_6K, "trainer.max_steps": "3000", "meta_val.every_n_steps": "250"},
+    "apt_cosine_eps_adapt_1.0_4k": {**RANDOM_6K, "trainer.max_steps": "4000", "meta_val.every_n_steps": "250"},
     # ... whose every failure on the validation tasks is the cart leaving the track with the pole up (tenth
     # session): the query targets from theta^-, which does not know the flip, carry a value of about 14 steps, too
     # short for the position. With the task-aware targets of the seed article (theta_i^-, eighth session), which

@@ -51,6 +51,8 @@ class TargetNetworkSync(pl.Callback):
         self.best_params: dict[str, torch.Tensor] | None = None  # check, and how many of meta_val's checks were read
         self.checked: dict[str, torch.Tensor] | None = None
         self.seen = 0
+        self.validation: MetaTestEvaluation | None = None  # best_after: meta_val and the return it monitors
+        self.key = ""
         self.tau = tau
         self.every_n_steps = every_n_steps
         self.tau_final = tau_final
@@ -64,6 +66,12 @@ class TargetNetworkSync(pl.Callback):
         horizon = self.tau_horizon or max_steps
         require(horizon > 0, "target_sync.tau_final needs trainer.max_steps or target_sync.tau_horizon")
         return cosine(self.tau, self.tau_final, step, horizon)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.best_after is not None and stage == "fit":
+            self.validation = next((c for c in trainer.callbacks if isinstance(c, MetaTestEvaluation)), None)
+            require(self.validation is not None, "target_sync.best_after needs the meta_val validation")
+            self.key = f"meta_val/return_k{self.validation.monitored_k(pl_module.hparams.inner_steps)}"
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -87,13 +95,10 @@ class TargetNetworkSync(pl.Callback):
         """Runs before meta_val in each step: a check of the previous step that beat the best keeps theta as it was
         validated (held here since that step); past `best_after` theta^- is that best, copied when it changes.
         Then theta is held if this step will be validated."""
-        validation = next((c for c in trainer.callbacks if isinstance(c, MetaTestEvaluation)), None)
-        require(validation is not None, "target_sync.best_after needs the meta_val validation")
-        key = f"meta_val/return_k{validation.monitored_k(pl_module.hparams.inner_steps)}"
-        new_best = False
+        validation, new_best = self.validation, False
         for result in validation.history[self.seen:]:
-            if self.checked is not None and (self.best is None or result[key] > self.best):
-                self.best, self.best_params, new_best = result[key], self.checked, True
+            if self.checked is not None and (self.best is None or result[self.key] > self.best):
+                self.best, self.best_params, new_best = result[self.key], self.checked, True
         self.seen = len(validation.history)
         step = trainer.global_step
         if self.best_params is not None and step > self.best_after and (new_best or step == self.best_after + 1):

@@ -278,10 +278,11 @@ class MAMLDQN(pl.LightningModule):
                 "target": self._td_targets(data, self.target_net, mask)}
 
     def _td_targets(self, data: dict[str, Tensor], q_target: Callable[[Tensor], Tensor],
-                    mask: Tensor | None) -> Tensor:
+                    mask: Tensor | None, online: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """The TD targets of a [tasks, N] batch with the network `q_target` at the next observations (and with
-        theta picking a' under double_dqn); `mask` [tasks, A] keeps missing actions out of the max."""
-        online = self.net if self.hparams.double_dqn else None
+        `online`, by default theta, picking a' under double_dqn); `mask` [tasks, A] keeps missing actions out of
+        the max."""
+        online = (online or self.net) if self.hparams.double_dqn else None
         return batch_targets(data, q_target, self.hparams.gamma, None if mask is None else mask.unsqueeze(1),
                              self.inner.advantage, online)
 
@@ -321,9 +322,8 @@ class MAMLDQN(pl.LightningModule):
                 own_adapted = self.inner.adapted_no_grad(
                     own_split.q_fn, own_split.fast, {**support, "x": own_split.encode(batch["support"]["obs"])})
                 online = lambda obs: batched_q(self.net, own, own_adapted, obs)  # noqa: E731
-            return batch_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
-                                 self.hparams.gamma, None if mask is None else mask.unsqueeze(1), self.inner.advantage,
-                                 online)
+            return self._td_targets(batch["query"], lambda obs: batched_q(self.target_net, params, adapted, obs),
+                                    mask, online)
 
     def meta_objective(self, batch: dict, with_pre: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
