@@ -3,7 +3,7 @@ baseline commit, side by side: both run at the same time, one per core (or one a
 `--sequential`), in the same venv, so that they meet the same machine. Writes
 docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
 
-    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps 12000] [--keep DIR] \\
+    .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps N] [--keep DIR] \\
         [--sequential] [--extra-args "--data.collection process"]
 
 `--keep DIR` copies this tree's run folder (checkpoints, logs, the adaptation report) to DIR: `cp
@@ -12,6 +12,9 @@ DIR/adaptation.* docs/` and `benchmarks/make_run_table.py` then give the README'
 `--sequential` runs the trees one after the other, each alone on the machine: a fit with a collection process
 (`data.collection process`) needs both cores, so one run per core would starve it. `--extra-args` adds a third
 run: this tree with those `mamldqn fit` flags (`--keep` then keeps that run's folder).
+
+Each tree runs its own configs/cartpole.yaml as it stands at that commit (the default changed in the eleventh
+session: 6,000 steps where the baseline's had 12,000), unless `--steps N` sets both trees' max_steps.
 
 The baseline is checked out as a git worktree under the system's temp folder; nothing of this tree changes.
 """
@@ -38,13 +41,13 @@ COLUMNS = ("tree", "commit", "fit_s", "test_s", "total_s", "ratio_to_baseline", 
            "k5_flip_mean")
 
 
-def make_run(tree: Path, run_dir: Path, steps: int, fit_args: tuple[str, ...] = ()) -> dict:
+def make_run(tree: Path, run_dir: Path, steps: int | None, fit_args: tuple[str, ...] = ()) -> dict:
     """`make run`'s two commands, timed, with the package imported from `tree`."""
     env_python = [sys.executable, "-m", "mamldqn_pl"]
     config = ["--config", "configs/cartpole.yaml", "--run_dir", str(run_dir)]
     times = {}
-    for command, extra in (("fit", ["--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false",
-                                     *fit_args]),
+    steps_args = ["--trainer.max_steps", str(steps)] if steps else []
+    for command, extra in (("fit", [*steps_args, "--trainer.enable_progress_bar", "false", *fit_args]),
                            ("test", [])):
         start = time.time()
         out = subprocess.run([*env_python, command, *config, *extra], cwd=tree, capture_output=True, text=True,
@@ -65,7 +68,8 @@ def make_run(tree: Path, run_dir: Path, steps: int, fit_args: tuple[str, ...] = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=BASELINE)
-    parser.add_argument("--steps", type=int, default=12000, help="configs/cartpole.yaml's max_steps")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="both trees' max_steps (default: each tree's configs/cartpole.yaml)")
     parser.add_argument("--out", default=str(ROOT / "docs/results"))
     parser.add_argument("--keep", default=None, help="copy this tree's run folder here")
     parser.add_argument("--sequential", action="store_true", help="the runs one after the other, each alone")

@@ -3,6 +3,7 @@ put a generated table into the README."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,15 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def train(config: Path, seed: int, run: Path, steps: int | None = None, overrides: list[str] | None = None) -> float:
     """`mamldqn fit` of `config` (+ overrides) with `seed` into `run`; returns the fit's wall seconds (0 when a
     finished run was reused: its time is in run/fit_done). A run stopped half-way resumes from its last
-    checkpoint (its time then counts from the resume)."""
-    done = run / "fit_done"
+    checkpoint (its time then counts from the resume). A run folder made with other settings (another config, say,
+    now that the default config has changed) is refused, not reused: run/fit_args.json holds what made it."""
+    done, made_by = run / "fit_done", run / "fit_args.json"
+    steps_args = ["--trainer.max_steps", str(steps)] if steps else []
+    args = ["--config", str(config.resolve().relative_to(ROOT) if config.resolve().is_relative_to(ROOT) else config),
+            "--seed_everything", str(seed), *steps_args, *(overrides or [])]
+    if made_by.is_file() and json.loads(made_by.read_text()) != args:
+        raise SystemExit(f"{run} was made by `mamldqn fit {' '.join(json.loads(made_by.read_text()))}`, not by "
+                         f"`{' '.join(args)}`: move it away or pass another --runs folder")
     if done.is_file():
         return float(done.read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    made_by.write_text(json.dumps(args))
     last = run / "checkpoints" / "last.ckpt"
-    steps_args = ["--trainer.max_steps", str(steps)] if steps else []
     resume = ["--ckpt_path", "last"] if last.is_file() else []
-    cmd = [sys.executable, "-m", "mamldqn_pl", "fit", "--config", str(config), "--seed_everything", str(seed),
-           "--run_dir", str(run), "--trainer.enable_progress_bar", "false", *steps_args, *(overrides or []), *resume]
+    cmd = [sys.executable, "-m", "mamldqn_pl", "fit", *args, "--run_dir", str(run), "--trainer.enable_progress_bar",
+           "false", *resume]
     start = time.time()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode:

@@ -228,3 +228,29 @@ def test_generated_tables_land_between_their_markers_in_the_readme_or_a_docs_pag
     assert "no <!-- c.md --> markers" in capsys.readouterr().out
     assert (tmp_path / "README.md").read_text() == "intro\n<!-- a.md -->\n| new a |\n<!-- /a.md -->\nend\n"
     assert (tmp_path / "docs" / "experiments.md").read_text() == "<!-- b.md -->\n| new b |\n<!-- /b.md -->\n"
+
+
+def test_a_run_folder_is_reused_only_by_the_settings_that_made_it(tmp_path):
+    """The default config changed in the eleventh session: a finished run of the old one must not stand in for a
+    run of the new one under the same folder name."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import runs
+
+    run = tmp_path / "default_s0"
+    run.mkdir()
+    (run / "fit_done").write_text("12.5")
+    (run / "fit_args.json").write_text('["--config", "configs/cartpole.yaml", "--seed_everything", "0"]')
+    assert runs.train(ROOT / "configs/cartpole.yaml", 0, run) == 12.5  # the same settings: reused, not retrained
+    try:
+        runs.train(ROOT / "configs/cartpole_init_support.yaml", 0, run)
+    except SystemExit as e:
+        assert "made by `mamldqn fit --config configs/cartpole.yaml --seed_everything 0`" in str(e)
+        assert "configs/cartpole_init_support.yaml" in str(e) and "another --runs folder" in str(e)
+    else:
+        raise AssertionError("a run folder made by another config was reused")
+    try:
+        runs.train(ROOT / "configs/cartpole.yaml", 1, run)  # another seed is other settings too
+    except SystemExit as e:
+        assert "--seed_everything 1" in str(e)
+    else:
+        raise AssertionError("a run folder made with another seed was reused")
