@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mamldqn_pl.data import ReplayBuffers
-from mamldqn_pl.data.collector import Collector
+from mamldqn_pl.data.collector import Collector, epsilon_greedy
 from mamldqn_pl.evaluation import collect, support_batch
 from mamldqn_pl.meta import QNetwork, split_for_adaptation, td_target, td_target_of
 from mamldqn_pl.seeding import make_generator
@@ -131,3 +131,36 @@ def test_meta_test_support_targets_are_n_step():
                 last = t + k - 1
                 boot = 0.0 if bool(buffers.terminated[task, last]) else float(net(buffers.next_obs[task, last]).max())
                 assert float(support["target"][task, t]) == pytest.approx(total + 0.99 ** k * boot, rel=1e-5)
+
+
+def test_at_epsilon_one_the_collector_plays_at_random_without_asking_for_values():
+    """The random support (data.epsilon_adapt 1.0, the default) skips the init's forward pass; the transitions
+    are those of the same play with the values computed, bitwise."""
+    family = make_family("cartpole", None, True, None, None, None, "data.ranges")
+    tasks = family.sample(3, make_generator(0))
+    filled = []
+    for ask in (True, False):
+        env = family.batched(tasks, make_generator(1))
+        buffers = ReplayBuffers(3, 80, family.obs_dim)
+
+        def values(obs: torch.Tensor, ask: bool = ask) -> torch.Tensor:
+            assert ask, "the values were asked for at epsilon 1"
+            return torch.randn(len(obs), family.n_actions)  # whatever they are, no action is greedy
+
+        collector = Collector(env, buffers, make_generator(2))
+        if ask:  # the reference: epsilon_greedy on real values, as before the shortcut
+            def step(slots, q_values, epsilon, c=collector):
+                obs = torch.from_numpy(c.env.obs[slots])
+                actions = epsilon_greedy(q_values(obs), epsilon, c.generator)
+                next_obs, reward, terminated, truncated = c.env.step(actions.numpy(), slots)
+                c.buffers.add(torch.as_tensor(slots), obs, actions, torch.from_numpy(reward),
+                              torch.from_numpy(next_obs), torch.from_numpy(terminated),
+                              torch.from_numpy(terminated | truncated))
+            for _ in range(80):
+                step(np.arange(3), values, 1.0)
+        else:
+            collect(collector, values, 80, 1.0)
+        filled.append(buffers.sequence())
+    assert set(filled[0]) == set(filled[1])
+    for key in filled[0]:
+        assert torch.equal(filled[0][key], filled[1][key]), key

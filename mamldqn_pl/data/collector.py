@@ -63,7 +63,10 @@ class Collector:
         """One env step in each of `slots` with epsilon-greedy actions on q_values."""
         obs = torch.from_numpy(self.env.obs[slots])
         counts = torch.from_numpy(self.env.action_counts[slots])
-        actions = epsilon_greedy(q_values(obs), epsilon, self.generator, counts)
+        # at epsilon 1 (a support played at random) no action is greedy: skip the forward pass; the random draws,
+        # and so the actions, are the same either way
+        q = q_values(obs) if epsilon < 1.0 else torch.zeros(len(slots), self.env.n_actions)
+        actions = epsilon_greedy(q, epsilon, self.generator, counts)
         next_obs, reward, terminated, truncated = self.env.step(actions.numpy(), slots)
         tasks = torch.as_tensor(slots)
         done = torch.from_numpy(terminated | truncated)
