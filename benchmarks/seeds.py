@@ -1,6 +1,8 @@
 """Issue 10 from nothing: does meta-training give the same result whatever the training seed and the checkpoint?
 
     .venv/bin/python benchmarks/seeds.py              # configs/cartpole.yaml, training seeds 0-4
+    .venv/bin/python benchmarks/seeds.py --config configs/cartpole_init_support.yaml --runs lightning_logs/seeds_v7
+                                                      # the same for the default up to the tenth session
     .venv/bin/python benchmarks/seeds.py --ablation   # each mechanism on and off (ABLATION), 3 seeds each
     .venv/bin/python benchmarks/seeds.py --ablation --seeds 0 1 --name candidates --variants \
         plus_ema_cosine_warm_start_support plus_ema_cosine_metasgd_head plus_ema_cosine_meta_lr_3e-4
@@ -12,7 +14,8 @@ shown: the trained K (3), and K = 5, fixed in the second session on the validati
 are read at and (since the fifth session, meta_val.monitor_k) the one that picks best.ckpt. Nothing is chosen on
 test tasks. Writes docs/results/NAME.{csv,md,png} and NAME_val_k.csv; the README's tables between the
 `<!-- NAME.md -->` markers are replaced by NAME.md. Runs go to lightning_logs/seeds/<variant>_s<seed>; finished
-runs and evaluations are reused, so an interrupted benchmark continues where it stopped.
+runs and evaluations are reused, so an interrupted benchmark continues where it stopped; a run folder made with
+other settings (the default config before the eleventh session, say) is refused, not reused.
 """
 
 from __future__ import annotations
@@ -401,6 +404,9 @@ def write(results: list[dict], out: Path, name: str, by_seed: bool, readme: bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", action="store_true", help="each mechanism off in turn, and all off")
+    parser.add_argument("--config", default=None,
+                        help="without --ablation: the config to train (default configs/cartpole.yaml; the seed tables "
+                             "of the first ten sessions: configs/cartpole_init_support.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0-4, or 0-2 with --ablation")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="with --ablation: a subset of " + ", ".join(ABLATION))
@@ -411,6 +417,11 @@ def main() -> None:
     parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for every run (smoke tests)")
     parser.add_argument("--name", default=None, help="output name (default: seeds, or ablation with --ablation)")
     args = parser.parse_args()
+    if args.ablation and args.config:
+        raise SystemExit(f"--config {args.config}: the ablation variants are settings on {ABLATION_CONFIG.name}, "
+                         "so --config is allowed only without --ablation")
+    if args.config and not Path(args.config).is_file():
+        raise SystemExit(f"--config {args.config}: no such file (a config in configs/, e.g. configs/cartpole.yaml)")
     seeds = args.seeds or ([0, 1, 2] if args.ablation else [0, 1, 2, 3, 4])
     kept = ("default", "no_adapted_collection", "plus_ema", "plus_cosine", "plus_ema_cosine", "ema_cosine_no_adapted",
             "plus_ema_cosine_multi_step")
@@ -418,7 +429,7 @@ def main() -> None:
     runs, extra = Path(args.runs), shlex.split(args.extra_args)
     start = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
-        config = ABLATION_CONFIG if args.ablation else CONFIG
+        config = ABLATION_CONFIG if args.ablation else Path(args.config).resolve() if args.config else CONFIG
         futures = [pool.submit(job, v, s, settings, runs, extra, config) for v, settings in variants.items()
                    for s in seeds]
         results = [f.result() for f in futures]

@@ -254,3 +254,16 @@ def test_a_run_folder_is_reused_only_by_the_settings_that_made_it(tmp_path):
         assert "--seed_everything 1" in str(e)
     else:
         raise AssertionError("a run folder made with another seed was reused")
+
+
+def test_seeds_benchmark_refuses_a_config_for_the_ablation_or_a_missing_one_in_one_line():
+    for args, message in ((["--ablation", "--config", "configs/cartpole.yaml"],
+                           "--config configs/cartpole.yaml: the ablation variants are settings on "
+                           "cartpole_init_support.yaml, so --config is allowed only without --ablation"),
+                          (["--config", "configs/nope.yaml"],
+                           "--config configs/nope.yaml: no such file (a config in configs/, e.g. "
+                           "configs/cartpole.yaml)")):
+        out = subprocess.run([sys.executable, "benchmarks/seeds.py", *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert out.stderr.strip() == message
