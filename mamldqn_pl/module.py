@@ -434,7 +434,12 @@ class MAMLDQN(pl.LightningModule):
         self._last_log_time, self._env_steps_since_log = now, 0
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
         self.log("meta_loss", logs["train/meta_loss"], prog_bar=True, logger=False, batch_size=1)
-        if self.episode_return.update_count:
+        # compute() syncs over DDP ranks (a collective), so every rank must take the same branch: a rank whose
+        # tasks finished no episode since the last log still joins the sync, adding nothing
+        count = torch.tensor(float(self.episode_return.update_count), device=self.device)
+        if self.trainer.strategy.reduce(count, reduce_op="sum") > 0:
+            if not self.episode_return.update_count:
+                self.episode_return.update(torch.empty(0, device=self.device))
             self.log("train/episode_return", self.episode_return.compute(), on_step=True, prog_bar=True,
                      batch_size=1)
             self.episode_return.reset()

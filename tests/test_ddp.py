@@ -64,6 +64,17 @@ def test_checkpoint_holds_every_ranks_state_and_validation_ran_on_both(ddp_run):
     assert [h["step"] for h in history] == [5, 10, 15, 20]
 
 
+def test_training_episode_returns_are_logged_over_both_ranks_without_a_hang(ddp_run):
+    """The mean of finished training episodes syncs over the ranks (a collective): a rank whose tasks finished no
+    episode since the last log must join it too. With the default's random support the ranks' episodes end at
+    different steps; before the fix that run hung in the sync."""
+    import csv
+
+    rows = list(csv.DictReader(open(ddp_run / "run/metrics.csv")))
+    logged = [float(r["train/episode_return"]) for r in rows if r.get("train/episode_return")]
+    assert logged and all(v > 0 for v in logged)
+
+
 def test_resume_with_the_same_world_size_restores_each_rank(ddp_run, tmp_path):
     run = tmp_path / "run"
     first = ddp_fit(run, tmp_path / "p1", "--trainer.max_steps", "10")
