@@ -413,9 +413,7 @@ class MAMLDQN(pl.LightningModule):
     def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor | None, post: Tensor) -> None:
         """Log every log_every_n_steps meta-steps only: Lightning writes no more often, and a self.log call
         costs about as much as a tenth of a meta-step. Rates are averaged over the steps since the last log."""
-        returns = batch["episode_returns"]
-        if returns.numel():
-            self.episode_return.update(returns)
+        self.episode_return.update(batch["episode_returns"])  # empty where no episode ended: every rank counts it
         self._env_steps_since_log += int(batch["env_steps"])
         if not self._logs_at(self.global_step):
             return
@@ -434,15 +432,12 @@ class MAMLDQN(pl.LightningModule):
         self._last_log_time, self._env_steps_since_log = now, 0
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
         self.log("meta_loss", logs["train/meta_loss"], prog_bar=True, logger=False, batch_size=1)
-        # compute() syncs over DDP ranks (a collective), so every rank must take the same branch: a rank whose
-        # tasks finished no episode since the last log still joins the sync, adding nothing
-        count = torch.tensor(float(self.episode_return.update_count), device=self.device)
-        if self.trainer.strategy.reduce(count, reduce_op="sum") > 0:
-            if not self.episode_return.update_count:
-                self.episode_return.update(torch.empty(0, device=self.device))
-            self.log("train/episode_return", self.episode_return.compute(), on_step=True, prog_bar=True,
-                     batch_size=1)
-            self.episode_return.reset()
+        # compute() syncs over DDP ranks (a collective): every rank calls it, also one whose tasks finished no
+        # episode since the last log; NaN (no episode on any rank) is not logged
+        episode_return = self.episode_return.compute()
+        self.episode_return.reset()
+        if not episode_return.isnan():
+            self.log("train/episode_return", episode_return, on_step=True, prog_bar=True, batch_size=1)
 
     # ---- meta-test: the protocol and the report live in callbacks.AdaptationReport --------------------------
     def test_step(self, batch, batch_idx: int) -> None:
