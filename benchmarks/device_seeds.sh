@@ -30,8 +30,8 @@ seeds=$!
   echo "== fast paths and the device tests on cuda"
   MAMLDQN_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_fast_paths.py \
     tests/test_device.py 2>&1 | tail -n 3
-  echo "== data.collection ahead with the module on the GPU (200 meta-steps), then process (must refuse, one line)"
-  for mode in ahead process; do
+  echo "== data.collection current, then ahead with the module on the GPU (200 meta-steps each), then process (must refuse, one line)"
+  for mode in current ahead process; do
     timeout 200 python3 -m mamldqn_pl fit --config configs/cartpole.yaml --trainer.accelerator gpu \
       --trainer.max_steps 200 --meta_val.every_n_steps 100 --trainer.enable_progress_bar false \
       --data.collection "$mode" --run_dir "/tmp/gpu_$mode" > "/tmp/gpu_$mode.log" 2>&1
@@ -40,10 +40,17 @@ seeds=$!
   done
   python3 - <<'EOF'
 import csv
-rows = list(csv.DictReader(open("/tmp/gpu_ahead/metrics.csv")))
-print("ahead on gpu, validation (step, return at K = 5):",
-      [(r["step"], r["meta_val/return_k5"]) for r in rows if r.get("meta_val/return_k5")])
+for mode in ("current", "ahead"):
+    rows = list(csv.DictReader(open(f"/tmp/gpu_{mode}/metrics.csv")))
+    print(f"{mode} on gpu, validation (step, return at K = 5):",
+          [(r["step"], r["meta_val/return_k5"]) for r in rows if r.get("meta_val/return_k5")])
 EOF
+  echo "== mamldqn test of the current-mode GPU run, on the GPU"
+  timeout 200 python3 -m mamldqn_pl test --config configs/cartpole.yaml --trainer.accelerator gpu \
+    --run_dir /tmp/gpu_current --ckpt_path /tmp/gpu_current/checkpoints/last.ckpt --model.test_budgets "[200]" \
+    --model.test_ks "[0, 5]" --trainer.enable_progress_bar false > /tmp/gpu_test.log 2>&1
+  echo "test rc $?"
+  grep -A5 "| init" /tmp/gpu_test.log | head -n 8
 } >> "$OUT/summary.txt" 2>&1
 
 wait $seeds

@@ -196,6 +196,10 @@ ABLATION = {  # variant -> settings that differ from ABLATION_CONFIG
     "apt_cosine_eps_adapt_1.0_6k_best_after_3000": {**RANDOM_6K, "target_sync.best_after": "3000"},
     # ... or after two thirds: its two poor seeds' best checks before step 3,000 were 368 and 428
     "apt_cosine_eps_adapt_1.0_6k_best_after_4000": {**RANDOM_6K, "target_sync.best_after": "4000"},
+    # ... and trained a third longer with the switch at the same two thirds: the default's two poor seeds of fifteen
+    # (9, 13) had no good teacher by step 4,000 (eleventh session's probe: 487 and 317 against 362 and 215)
+    "apt_cosine_eps_adapt_1.0_8k_best_after_5333": {**RANDOM_6K, "trainer.max_steps": "8000",
+                                                    "target_sync.best_after": "5333"},
     # ... and the default config (12,000 steps, the init's own support) with the best after its first half
     "apt_cosine_best_after_6000": {**APT_COSINE, "target_sync.best_after": "6000"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
