@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/cartpole.yaml
 RUN_DIR ?= lightning_logs/cartpole
 FIT_ARGS ?=
+TEST_WORKERS ?= auto
 
 .PHONY: run test bench venv clean
 
@@ -27,9 +28,12 @@ run: venv
 	$(BIN)/mamldqn fit --config $(CONFIG) --run_dir $(RUN_DIR) $(FIT_ARGS)
 	$(BIN)/mamldqn test --config $(CONFIG) --run_dir $(RUN_DIR)
 
+# The suite in parallel, one worker per core (pytest-xdist); the tests that share a module-scoped run (the DDP
+# run, a trained CLI run, ...) carry one xdist_group and stay on one worker, so that the run is made once.
+# TEST_WORKERS=0 runs it in this process.
 test: venv
 	$(BIN)/ruff check mamldqn_pl tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) lightning_logs/*/

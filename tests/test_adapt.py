@@ -19,6 +19,9 @@ from mamldqn_pl.cli import main
 from mamldqn_pl.metainit import Agent, MetaInit
 from mamldqn_pl.tasks.family import ReverseActions
 
+# one worker makes this module's shared run once (`make test`: pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_adapt")
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:

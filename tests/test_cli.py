@@ -3,7 +3,6 @@
 import csv
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,10 @@ from conftest import ROOT, TINY, mamldqn
 
 from mamldqn_pl.cli import main
 from mamldqn_pl.report import SUMMARY_COLUMNS
+
+# `make test` runs the suite on several workers (pytest-xdist, --dist loadgroup): the tests of one module-scoped run
+# share a group, so that the run is made once, on one worker.
+ON_TRAINED_RUN = pytest.mark.xdist_group("cli_trained_run")
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,7 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
+@ON_TRAINED_RUN
 def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
     assert (trained_run / "checkpoints/best.ckpt").is_file() and (trained_run / "checkpoints/last.ckpt").is_file()
     assert list(trained_run.glob("events.out.tfevents.*"))
@@ -41,6 +45,7 @@ def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
     assert ckpt["MetaDQNDataModule"]["ranks"][0]["buffers"]["size"].min() >= 40
 
 
+@ON_TRAINED_RUN
 def test_test_writes_the_report_files(trained_run):
     out = mamldqn("test", *TINY, "--model.test_seeds", "[0, 1]", "--model.test_ks", "[0, 2]",
                   "--model.test_episodes", "1", "--run_dir", str(trained_run))
@@ -59,6 +64,7 @@ def test_test_writes_the_report_files(trained_run):
     assert "| meta-init | all | 20 | 2 |" in out.stdout
 
 
+@ON_TRAINED_RUN
 def test_resume_from_last_continues_the_step_count_and_keeps_the_logs(trained_run, tmp_path):
     run = tmp_path / "resumed"
     shutil.copytree(trained_run, run)
@@ -70,6 +76,7 @@ def test_resume_from_last_continues_the_step_count_and_keeps_the_logs(trained_ru
     assert len(rows) >= lines_before and int(rows[-1]["step"]) >= 25
 
 
+@ON_TRAINED_RUN
 def test_a_fresh_fit_never_overwrites_an_existing_run(trained_run):
     stamp = (trained_run / "checkpoints/last.ckpt").stat().st_mtime
     out = mamldqn("fit", *TINY, "--trainer.max_steps", "10", "--run_dir", str(trained_run))
@@ -159,29 +166,16 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "cartpole")
 
 
-@pytest.fixture(scope="module")
-def config_runs(tmp_path_factory) -> tuple[Path, dict]:
-    """Every config's tiny `fit`, then its `test`, in subprocesses; two configs at a time, so that a 2-core machine
-    runs the pairs in about half the time (each process uses one torch thread)."""
-    base = tmp_path_factory.mktemp("configs")
-
-    def fit_then_test(config: str):
-        args = ["--config", f"configs/{config}.yaml", *TINY[2:], "--run_dir", str(base / config)]  # TINY minus --config
-        fit = mamldqn("fit", *args, "--trainer.max_steps", "10")
-        if fit.returncode:
-            return fit, None
-        return fit, mamldqn("test", *args, "--model.test_seeds", "[0]", "--model.test_ks", "[0, 1]",
-                            "--model.test_episodes", "1")
-
-    with ThreadPoolExecutor(2) as pool:
-        return base, dict(zip(CONFIGS, pool.map(fit_then_test, CONFIGS)))
-
-
 @pytest.mark.parametrize("config", CONFIGS)
-def test_every_config_fits_and_tests(config, config_runs):
-    base, results = config_runs
-    fit, test = results[config]
+def test_every_config_fits_and_tests(config, tmp_path):
+    """Each config's tiny `fit`, then its `test`, in subprocesses; one test per config, so that `make test`'s
+    workers share them out."""
+    base = tmp_path
+    args = ["--config", f"configs/{config}.yaml", *TINY[2:], "--run_dir", str(base / config)]  # TINY minus --config
+    fit = mamldqn("fit", *args, "--trainer.max_steps", "10")
     assert fit.returncode == 0, fit.stderr[-3000:]
+    test = mamldqn("test", *args, "--model.test_seeds", "[0]", "--model.test_ks", "[0, 1]",
+                   "--model.test_episodes", "1")
     assert test.returncode == 0, test.stderr[-3000:]
     summary = list(csv.DictReader(open(base / config / "adaptation.csv")))
     assert {r["init"] for r in summary} == {"meta-init", "scratch"}

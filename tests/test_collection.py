@@ -15,6 +15,9 @@ from test_resume import assert_bitwise_equal, params_of
 from mamldqn_pl import MetaDQNDataModule
 from mamldqn_pl.data.ahead import CollectionProcess
 
+# one worker makes this module's shared run once (`make test`: pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_collection")
+
 N_ACTIONS = 9  # nav2d with 8 directions: stay + 8 moves, so a policy can spell the step it acts for
 
 

@@ -14,6 +14,9 @@ from conftest import RESUME_ARGS, ROOT, mamldqn
 
 from mamldqn_pl import MAMLDQN
 
+# one worker makes this module's shared run once (`make test`: pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_ddp")
+
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
        "--model.grad_clip", "0", "--trainer.callbacks+=ddp_probe.DDPProbe"]
 

@@ -17,6 +17,9 @@ from conftest import RESUME_ARGS, ROOT, SMALL_DATA, mamldqn
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule, TargetNetworkSync
 from mamldqn_pl.checkpoints import AtomicCheckpointIO
 
+# one worker makes this module's shared run once (`make test`: pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_resume")
+
 RESUME = RESUME_ARGS
 
 
