@@ -267,3 +267,15 @@ def test_seeds_benchmark_refuses_a_config_for_the_ablation_or_a_missing_one_in_o
                              timeout=120)
         assert out.returncode != 0 and "Traceback" not in out.stderr
         assert out.stderr.strip() == message
+
+
+def test_profile_step_lists_the_fast_steps_operators_per_step():
+    out = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--steps", "2", "--rows", "40"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| aten::")]
+    names = {r[0].removeprefix("| ") for r in rows}
+    # the body's products, its ReLUs and the written-out head's batched products are all there
+    assert {"aten::addmm", "aten::clamp_min", "aten::bmm"} <= names, names
+    assert all(float(r[1]) >= 0 and float(r[3].removesuffix(" |")) > 0 for r in rows)
+    assert "ms a step" in out.stdout.splitlines()[0]
