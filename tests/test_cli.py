@@ -170,12 +170,11 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != 
 def test_every_config_fits_and_tests(config, tmp_path):
     """Each config's tiny `fit`, then its `test`, in subprocesses; one test per config, so that `make test`'s
     workers share them out."""
-    base = tmp_path
-    args = ["--config", f"configs/{config}.yaml", *TINY[2:], "--run_dir", str(base / config)]  # TINY minus --config
+    args = ["--config", f"configs/{config}.yaml", *TINY[2:], "--run_dir", str(tmp_path / config)]  # TINY minus --config
     fit = mamldqn("fit", *args, "--trainer.max_steps", "10")
     assert fit.returncode == 0, fit.stderr[-3000:]
     test = mamldqn("test", *args, "--model.test_seeds", "[0]", "--model.test_ks", "[0, 1]",
                    "--model.test_episodes", "1")
     assert test.returncode == 0, test.stderr[-3000:]
-    summary = list(csv.DictReader(open(base / config / "adaptation.csv")))
+    summary = list(csv.DictReader(open(tmp_path / config / "adaptation.csv")))
     assert {r["init"] for r in summary} == {"meta-init", "scratch"}
