@@ -30,10 +30,10 @@ run: venv
 
 # The suite in parallel, one worker per core (pytest-xdist); the tests that share a module-scoped run (the DDP
 # run, a trained CLI run, ...) carry one xdist_group and stay on one worker, so that the run is made once.
-# TEST_WORKERS=0 runs it in this process.
+# At most 8 workers (each imports torch and Lightning: a few hundred MB). TEST_WORKERS=0 runs it in this process.
 test: venv
 	$(BIN)/ruff check mamldqn_pl tests benchmarks
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 8 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) lightning_logs/*/
