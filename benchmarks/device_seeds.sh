@@ -30,7 +30,8 @@ seeds=$!
   echo "== fast paths and the device tests on cuda"
   MAMLDQN_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_fast_paths.py \
     tests/test_device.py 2>&1 | tail -n 3
-  echo "== data.collection current, then ahead with the module on the GPU (200 meta-steps each), then process (must refuse, one line)"
+  echo "== data.collection current, then ahead, with the module on the GPU (200 meta-steps each)"
+  echo "   then process (must refuse, one line)"
   for mode in current ahead process; do
     timeout 200 python3 -m mamldqn_pl fit --config configs/cartpole.yaml --trainer.accelerator gpu \
       --trainer.max_steps 200 --meta_val.every_n_steps 100 --trainer.enable_progress_bar false \
