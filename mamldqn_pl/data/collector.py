@@ -36,6 +36,8 @@ def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator, counts
         counts = None
     else:
         random_actions = (torch.rand(n, generator=generator) * counts).long()
+    if epsilon >= 1.0:  # rand < 1 always: every action explores (the same draws, no argmax)
+        return random_actions
     return torch.where(explore, random_actions, masked_argmax(q, counts).cpu())
 
 
@@ -60,7 +62,8 @@ class Collector:
 
     @torch.no_grad()
     def step(self, slots: np.ndarray, q_values: QValues, epsilon: float) -> None:
-        """One env step in each of `slots` with epsilon-greedy actions on q_values."""
+        """One env step in each of `slots` (distinct) with epsilon-greedy actions on q_values. The counters are
+        updated through NumPy views: a warm start takes hundreds of these steps one after the other."""
         obs = torch.from_numpy(self.env.obs[slots])
         counts = torch.from_numpy(self.env.action_counts[slots])
         # at epsilon 1 (a support played at random) no action is greedy: skip the forward pass; the random draws,
@@ -68,15 +71,16 @@ class Collector:
         q = q_values(obs) if epsilon < 1.0 else torch.zeros(len(slots), self.env.n_actions)
         actions = epsilon_greedy(q, epsilon, self.generator, counts)
         next_obs, reward, terminated, truncated = self.env.step(actions.numpy(), slots)
-        tasks = torch.as_tensor(slots)
-        done = torch.from_numpy(terminated | truncated)
-        self.buffers.add(tasks, obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
-                         torch.from_numpy(terminated), done)
-        self.env_steps[tasks] += 1
-        self.running_return[tasks] += torch.from_numpy(reward).double()
+        done = terminated | truncated
+        self.buffers.add(torch.as_tensor(slots), obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
+                         torch.from_numpy(terminated), torch.from_numpy(done))
+        self.env_steps.numpy()[slots] += 1
+        running = self.running_return.numpy()
+        running[slots] += reward.astype(np.float64)
         if done.any():
-            self.finished_returns.extend(self.running_return[tasks[done]].tolist())
-            self.running_return[tasks[done]] = 0.0
+            ended = slots[done]
+            self.finished_returns.extend(running[ended].tolist())
+            running[ended] = 0.0
 
     def pop_finished_returns(self) -> list[float]:
         out, self.finished_returns = self.finished_returns, []
