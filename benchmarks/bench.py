@@ -234,13 +234,13 @@ def timed_fit(steps: int, tmp: str, *extra: str) -> tuple[MAMLDQNCLI, float, flo
     return cli, fit_rate, typical_rate
 
 
-def bench_fit_vs_bare(steps: int) -> None:
+def bench_fit_vs_bare(steps: int, n_bare: int = 100) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _, process_rate, process_typical = timed_fit(steps, f"{tmp}/process", "--data.collection", "process",
                                                      "--trainer.accelerator", "cpu")  # the process is CPU-only
         cli, fit_rate, typical_rate = timed_fit(steps, f"{tmp}/current")
         model, dm = cli.model, cli.datamodule
-        batches = [dm.next_batch() for _ in range(100)]
+        batches = [dm.next_batch() for _ in range(n_bare)]
         opt = torch.optim.Adam(model.net.parameters(), lr=model.hparams.meta_lr)
 
         def bare():
@@ -279,12 +279,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     keep_freed_memory()  # as `mamldqn` does: bare steps and fits alike (mamldqn_pl/memory.py)
-    repeats = 3 if args.quick else 7
-    bench_meta_step(repeats, [4, 16] if args.quick else [4, 16, 64])
-    bench_fast_paths(3 if args.quick else 21)
-    bench_envs(repeats, 64 if args.quick else 256, 50 if args.quick else 200)
-    bench_fit_vs_bare(200 if args.quick else 1000)
-    bench_memory(100 if args.quick else 1000)
+    repeats = 2 if args.quick else 7  # --quick: every row once, small (a smoke run for `make test`)
+    bench_meta_step(repeats, [4] if args.quick else [4, 16, 64])
+    bench_fast_paths(2 if args.quick else 21)
+    bench_envs(repeats, 32 if args.quick else 256, 20 if args.quick else 200)
+    bench_fit_vs_bare(*((80, 20) if args.quick else (1000, 100)))
+    bench_memory(30 if args.quick else 1000)
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, "
           f"torch {torch.__version__}, medians over {repeats} repeats\n")
     table = "\n".join(["| measurement | figures | ratio | target |", "|---|---|---|---|",

@@ -4,10 +4,13 @@ baseline commit, side by side: both run at the same time, one per core (or one a
 docs/results/make_run_speed.{csv,md} and the README table between `<!-- make_run_speed.md -->`.
 
     .venv/bin/python benchmarks/make_run_speed.py [--baseline 436b99f] [--steps N] [--keep DIR] \\
-        [--sequential] [--extra-args "--data.collection process"]
+        [--sequential] [--extra-args "--data.collection process"] [--common-args "..."]
 
 `--keep DIR` copies this tree's run folder (checkpoints, logs, the adaptation report) to DIR: `cp
 DIR/adaptation.* docs/` and `benchmarks/make_run_table.py` then give the README's `make run` table from that run.
+
+`--common-args` are flags for every run's fit and test alike (e.g. a smaller meta-test protocol for a smoke run;
+the baseline's CLI must know them).
 
 `--sequential` runs the trees one after the other, each alone on the machine: a fit with a collection process
 (`data.collection process`) needs both cores, so one run per core would starve it. `--extra-args` adds a third
@@ -41,10 +44,11 @@ COLUMNS = ("tree", "commit", "fit_s", "test_s", "total_s", "ratio_to_baseline", 
            "k5_flip_mean")
 
 
-def make_run(tree: Path, run_dir: Path, steps: int | None, fit_args: tuple[str, ...] = ()) -> dict:
+def make_run(tree: Path, run_dir: Path, steps: int | None, fit_args: tuple[str, ...] = (),
+             common: tuple[str, ...] = ()) -> dict:
     """`make run`'s two commands, timed, with the package imported from `tree`."""
     env_python = [sys.executable, "-m", "mamldqn_pl"]
-    config = ["--config", "configs/cartpole.yaml", "--run_dir", str(run_dir)]
+    config = ["--config", "configs/cartpole.yaml", "--run_dir", str(run_dir), *common]
     times = {}
     steps_args = ["--trainer.max_steps", str(steps)] if steps else []
     for command, extra in (("fit", [*steps_args, "--trainer.enable_progress_bar", "false", *fit_args]),
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="copy this tree's run folder here")
     parser.add_argument("--sequential", action="store_true", help="the runs one after the other, each alone")
     parser.add_argument("--extra-args", default="", help="also run this tree with these `mamldqn fit` flags")
+    parser.add_argument("--common-args", default="", help="flags for every run's fit and test")
     args = parser.parse_args()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -91,7 +96,7 @@ def main() -> None:
 
             def run(name: str) -> dict:
                 tree, _, fit_args = trees[name]
-                return make_run(tree, folder[name], args.steps, fit_args)
+                return make_run(tree, folder[name], args.steps, fit_args, tuple(args.common_args.split()))
 
             with ThreadPoolExecutor(1 if args.sequential else 2) as pool:
                 results = dict(zip(trees, pool.map(run, trees)))

@@ -93,10 +93,16 @@ def test_speed_benchmark_quick_prints_every_row():
     assert max(errors) <= 1e-5  # the fast paths' meta-gradients equal the reference's
 
 
+# a smaller meta-test for the make_run_speed smoke run: two tasks of each set, one seed, one episode
+SMALL_PROTOCOL = ("--data.n_val_tasks 2 --data.n_test_tasks 2 --meta_val.episodes 1 --meta_val.seeds [0] "
+                  "--model.test_seeds [0] --model.test_episodes 1 --model.test_ks [0,5]")
+
+
 def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
                           "--out", str(tmp_path), "--keep", str(tmp_path / "kept"), "--sequential",
-                          "--extra-args", "--data.collection process --trainer.accelerator cpu"], cwd=ROOT,
+                          "--extra-args", "--data.collection process --trainer.accelerator cpu",
+                          "--common-args", SMALL_PROTOCOL], cwd=ROOT,
                          capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -106,6 +112,7 @@ def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     assert rows[2]["commit"].endswith(", --data.collection process --trainer.accelerator cpu")  # a third run
     kept = torch.load(tmp_path / "kept" / "checkpoints/last.ckpt", weights_only=False)
     assert kept["datamodule_hyper_parameters"]["collection"] == "process"
+    assert kept["datamodule_hyper_parameters"]["n_test_tasks"] == 2  # --common-args reach every run
     assert rows[0]["ratio_to_baseline"] == "1.0" and float(rows[1]["ratio_to_baseline"]) > 0
     assert all(float(r["fit_s"]) > 0 and float(r["test_s"]) > 0 for r in rows)
     assert all(float(r["k5_ci_low"]) <= float(r["k5_mean"]) <= float(r["k5_ci_high"]) for r in rows)
