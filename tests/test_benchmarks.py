@@ -286,3 +286,19 @@ def test_profile_step_lists_the_fast_steps_operators_per_step():
     assert {"aten::addmm", "aten::clamp_min", "aten::bmm"} <= names, names
     assert all(float(r[1]) >= 0 and float(r[3].removesuffix(" |")) > 0 for r in rows)
     assert "ms a step" in out.stdout.splitlines()[0]
+
+
+def test_profile_fit_times_the_data_side_and_the_meta_step_of_a_fit():
+    extra = " ".join(TINY[2:]) + " --trainer.limit_train_batches 10"  # TINY without its --config
+    out = subprocess.run([sys.executable, "benchmarks/profile_fit.py", "--steps", "20", "--extra-args", extra],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:] for line in out.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| part")}
+    assert out.stdout.startswith("20 meta-steps in")
+    for part in ("MAMLDQN.training_step", "MetaDQNDataModule.next_batch", "MetaDQNDataModule._warm_start",
+                 "MetaDQNDataModule._collect", "Adam.step"):
+        assert float(rows[part][0]) > 0, part
+    assert rows["MAMLDQN.training_step"][1].strip(" |") == "20"  # one call a meta-step
+    assert rows["MetaDQNDataModule._make_batch"][1].strip(" |") == "20"
+    assert any(name.startswith("rest") for name in rows)
