@@ -125,7 +125,7 @@ def bench_envs(repeats: int, n_envs: int, steps: int) -> None:
                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         sync.reset(seed=0)
         run_batched, run_sync = partial(step_all, batched.step, actions), partial(step_all, sync.step, actions)
-        t_b, t_s = median_time(run_batched, repeats), median_time(run_sync, repeats)
+        t_b, t_s = paired_medians([run_batched, run_sync], repeats)  # interleaved: load drifts hit both alike
         ROWS.append((f"(b) {name}: {n_envs} tasks x {steps} steps", f"{n_envs * steps / t_b:,.0f} env-steps/s batched "
                      f"vs {n_envs * steps / t_s:,.0f} SyncVectorEnv", f"{t_s / t_b:.1f}x", ">= 30x"))
         sync.close()
