@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from conftest import ROOT, TINY
@@ -98,6 +99,11 @@ SMALL_PROTOCOL = ("--data.n_val_tasks 2 --data.n_test_tasks 2 --meta_val.episode
                   "--model.test_seeds [0] --model.test_episodes 1 --model.test_ks [0,5]")
 
 
+# both make a git worktree of this repository, and the first checks that its own is gone again: one worker
+ON_WORKTREES = pytest.mark.xdist_group("worktrees")
+
+
+@ON_WORKTREES
 def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
                           "--out", str(tmp_path), "--keep", str(tmp_path / "kept"), "--sequential",
@@ -302,3 +308,24 @@ def test_profile_fit_times_the_data_side_and_the_meta_step_of_a_fit():
     assert rows["MAMLDQN.training_step"][1].strip(" |") == "20"  # one call a meta-step
     assert rows["MetaDQNDataModule._make_batch"][1].strip(" |") == "20"
     assert any(name.startswith("rest") for name in rows)
+
+
+@ON_WORKTREES
+def test_same_run_finds_equal_runs_equal_and_names_what_differs(tmp_path):
+    extra = " ".join(TINY[2:])  # TINY without its --config
+    out = subprocess.run([sys.executable, "benchmarks/same_run.py", "--baseline", "HEAD", "--steps", "10",
+                          "--extra-args", extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("configs/cartpole.yaml, 10 steps, HEAD against this tree: "
+                                                          "bitwise equal")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from same_run import differences
+
+    from mamldqn_pl.cli import main
+    for seed in (0, 1):
+        main(["fit", *TINY, "--trainer.max_steps", "6", "--seed_everything", str(seed), "--run_dir",
+              str(tmp_path / f"s{seed}")])
+    a, b = (tmp_path / f"s{seed}" / "checkpoints" / "last.ckpt" for seed in (0, 1))
+    assert differences(a, a) == []
+    diff = differences(a, b)  # another seed: other weights, other tasks in the pool
+    assert "state_dict/net.head.weight: differs" in diff and any(d.startswith("MetaDQNDataModule/") for d in diff)

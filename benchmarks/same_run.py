@@ -1,0 +1,96 @@
+"""Does a change leave runs bitwise as they were? Fits one config at a baseline commit (a git worktree) and in this
+tree, side by side (one per core) in the same venv, then compares the two last checkpoints tensor by tensor:
+parameters, optimiser state, the data module's pools, buffers and RNG states, and the callbacks' state.
+
+    .venv/bin/python benchmarks/same_run.py [--baseline fadfaa1] [--config configs/cartpole.yaml] [--steps 400] \\
+        [--extra-args "--meta_val.every_n_steps 200"]
+
+Prints one line per differing tensor, and exits 1 when any differs. Used for changes meant to be pure speed (the
+thirteenth session's data side), whose earlier results must stand as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from runs import ROOT
+
+COMPARED = ("state_dict", "optimizer_states", "MetaDQNDataModule", "callbacks")
+
+
+def tensors(value, path: str, run_dir: str):
+    """(path, tensor) for every tensor in a checkpoint's nested dicts and lists; the run folder's name, which
+    Lightning writes into the checkpoint callback's keys, is replaced so that two folders compare."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from tensors(v, f"{path}/{str(k).replace(run_dir, 'RUN')}", run_dir)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from tensors(v, f"{path}/{i}", run_dir)
+
+
+def flat(ckpt_path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    run_dir = str(ckpt_path.parent.parent)
+    return dict(item for key in COMPARED for item in tensors(ckpt.get(key), key, run_dir))
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Tensors that differ (or exist in one checkpoint only) between two checkpoints."""
+    fa, fb = flat(a), flat(b)
+    out = [f"{k}: only in {a if k in fa else b}" for k in sorted(set(fa) ^ set(fb))]
+    out += [f"{k}: differs" for k in sorted(set(fa) & set(fb))
+            if fa[k].shape != fb[k].shape or not torch.equal(fa[k], fb[k])]
+    return out
+
+
+def fit(tree: Path, run_dir: Path, config: str, steps: int, extra: list[str]) -> Path:
+    out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", "--config", config, "--run_dir", str(run_dir),
+                          "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false", *extra],
+                         cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+    if out.returncode:
+        raise SystemExit(f"fit in {tree} failed:\n{out.stderr[-3000:]}")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="HEAD")
+    parser.add_argument("--config", default="configs/cartpole.yaml")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags, for both runs")
+    args = parser.parse_args()
+    extra = shlex.split(args.extra_args)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            trees = {"baseline": base, "this tree": ROOT}
+            with ThreadPoolExecutor(2) as pool:
+                ckpts = dict(zip(trees, pool.map(
+                    lambda name: fit(trees[name], Path(tmp) / name.replace(" ", "_"), args.config, args.steps, extra),
+                    trees)))
+            diff = differences(ckpts["baseline"], ckpts["this tree"])
+            n = len(flat(ckpts["this tree"]))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+    for line in diff:
+        print(line)
+    print(f"{args.config}, {args.steps} steps, {args.baseline} against this tree: "
+          + ("bitwise equal" if not diff else f"{len(diff)} of {n} tensors differ") + f" ({n} tensors compared)")
+    sys.exit(1 if diff else 0)
+
+
+if __name__ == "__main__":
+    main()
