@@ -200,6 +200,10 @@ ABLATION = {  # variant -> settings that differ from ABLATION_CONFIG
     # (9, 13) had no good teacher by step 4,000 (eleventh session's probe: 487 and 317 against 362 and 215)
     "apt_cosine_eps_adapt_1.0_8k_best_after_5333": {**RANDOM_6K, "trainer.max_steps": "8000",
                                                     "target_sync.best_after": "5333"},
+    # ... and the new default with its data side in a second process (issue 13): each batch collected with theta one
+    # meta-step old; screened before the default changed with the old one (378 against 409 on fifteen seeds)
+    "apt_cosine_eps_adapt_1.0_6k_best_after_4000_process": {**RANDOM_6K, "target_sync.best_after": "4000",
+                                                            "data.collection": "process"},
     # ... and the default config (12,000 steps, the init's own support) with the best after its first half
     "apt_cosine_best_after_6000": {**APT_COSINE, "target_sync.best_after": "6000"},
     # ... and a support half random, half the init's greedy play (epsilon_adapt 0.5)
