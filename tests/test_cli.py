@@ -1,4 +1,5 @@
-"""The `mamldqn` command as a user runs it: fit, resume, test and bad input, in subprocesses."""
+"""The `mamldqn` command as a user runs it: fit, resume, test and bad input, in subprocesses; each config's
+tiny fit and test, and most bad-input cases, through the same entry point in this process."""
 
 import csv
 import json
