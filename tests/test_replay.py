@@ -79,3 +79,41 @@ def test_keep_first_protects_the_warm_start_and_the_query_comes_after_it():
     assert (query["obs"] >= 17).all() and all(len(set(q.tolist())) == 5 for q in query["obs"][:, :, 0])
     with pytest.raises(RuntimeError, match="not kept"):
         buffers.sample_after_first(tasks, 5, 1, make_generator(0))
+
+
+def reference_add(b: ReplayBuffers, tasks, obs, actions, rewards, next_obs, terminated, ended) -> None:
+    """The writes as plain torch indexing (ReplayBuffers.add before it wrote through NumPy views)."""
+    pos = b.pos[tasks]
+    b.obs[tasks, pos] = obs
+    b.actions[tasks, pos] = actions
+    b.rewards[tasks, pos] = rewards
+    b.next_obs[tasks, pos] = next_obs
+    b.terminated[tasks, pos] = terminated.float()
+    b.ended[tasks, pos] = ended.bool()
+    b.stamp[tasks, pos] = b.writes[tasks]
+    b.writes[tasks] += 1
+    b.pos[tasks] = torch.where(pos + 1 >= b.capacity, b.keep_first, pos + 1)
+    b.size[tasks] = torch.clamp(b.size[tasks] + 1, max=b.capacity)
+
+
+@pytest.mark.parametrize("keep_first", [0, 3])
+def test_add_writes_what_plain_torch_indexing_writes(keep_first):
+    """Random subsets of tasks, a float `terminated` and a bool `ended` (cast as torch casts them), through
+    wraparound (with and without kept first transitions), clears and a state round trip: every field equal."""
+    g = make_generator(7)
+    fast, ref = (ReplayBuffers(n_tasks=5, capacity=9, obs_dim=3, keep_first=keep_first, n_step=2) for _ in range(2))
+    for step in range(60):
+        tasks = torch.randperm(5, generator=g)[: 1 + step % 5]
+        n = len(tasks)
+        fields = (torch.randn(n, 3, generator=g), torch.randint(3, (n,), generator=g),
+                  torch.randn(n, generator=g), torch.randn(n, 3, generator=g),
+                  (torch.rand(n, generator=g) < 0.3).float(), torch.rand(n, generator=g) < 0.4)
+        fast.add(tasks, *fields)
+        reference_add(ref, tasks, *fields)
+        if step == 30:
+            for b in (fast, ref):
+                b.clear(torch.tensor([1, 3]))
+        if step == 40:  # restored buffers are new tensors: the NumPy views must follow them
+            fast.load_state_dict(fast.state_dict())
+    for name, value in ref.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], value), name
