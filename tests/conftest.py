@@ -33,6 +33,16 @@ RESUME_ARGS = [*TINY, "--meta_val.every_n_steps", "5", "--trainer.limit_train_ba
                "--data.n_step", "3"]
 
 
+def refused(args: list[str], capsys) -> tuple[int, list[str]]:
+    """The CLI's entry point in this process, for a command that must be refused: its exit code and its stderr
+    lines. Cheaper than `mamldqn` (no Lightning import); tests/test_cli.py checks the subprocess path."""
+    from mamldqn_pl.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
 def mamldqn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: `python -m mamldqn_pl ...` in the project root."""
     return subprocess.run([sys.executable, "-m", "mamldqn_pl", *args], capture_output=True, text=True,

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, mamldqn
+from conftest import ROOT, TINY, mamldqn, refused
 
 from mamldqn_pl.adapt import env_maker
 from mamldqn_pl.cli import main
@@ -158,27 +158,28 @@ def test_bad_adapt_input_is_one_line(ckpt, tmp_path, args, needle, capsys):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
-def test_unreadable_checkpoints_are_one_line(tmp_path, content):
+def test_unreadable_checkpoints_are_one_line(tmp_path, content, capsys):
     path = tmp_path / "bad.ckpt"
     if content is not None:
         path.write_bytes(content)
-    out = mamldqn("adapt", "--ckpt_path", str(path), "--env_id", "CartPole-v1", "--out", str(tmp_path / "o"))
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1 and "--ckpt_path" in lines[0], out.stderr[-2000:]
+    code, lines = refused(["adapt", "--ckpt_path", str(path), "--env_id", "CartPole-v1", "--out", str(tmp_path / "o")],
+                          capsys)
+    assert code == 2 and len(lines) == 1 and "--ckpt_path" in lines[0], lines
 
 
-def test_a_checkpoint_of_another_family_is_refused_naming_both(ckpt, tmp_path):
-    out = mamldqn("test", "--config", str(ROOT / "configs/mountaincar.yaml"), "--ckpt_path", str(ckpt),
-                  "--run_dir", str(tmp_path))
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    line = out.stderr.strip().splitlines()[-1]
+def test_a_checkpoint_of_another_family_is_refused_naming_both(ckpt, tmp_path, capsys):
+    code, lines = refused(["test", "--config", str(ROOT / "configs/mountaincar.yaml"), "--ckpt_path", str(ckpt),
+                           "--run_dir", str(tmp_path)], capsys)
+    assert code == 2 and not any("Traceback" in line for line in lines)
+    line = lines[-1]
     assert "family 'cartpole'" in line and "family 'mountaincar'" in line and "obs_dim 4" in line, line
 
 
-def test_model_flags_that_the_checkpoint_fixes_are_refused_not_ignored(ckpt, tmp_path):
-    out = mamldqn("test", *TINY, "--model.hidden", "[32]", "--ckpt_path", str(ckpt), "--run_dir", str(tmp_path))
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    line = out.stderr.strip().splitlines()[-1]
+def test_model_flags_that_the_checkpoint_fixes_are_refused_not_ignored(ckpt, tmp_path, capsys):
+    code, lines = refused(["test", *TINY, "--model.hidden", "[32]", "--ckpt_path", str(ckpt), "--run_dir",
+                           str(tmp_path)], capsys)
+    assert code == 2 and not any("Traceback" in line for line in lines)
+    line = lines[-1]
     assert line.startswith("mamldqn: error: --model.hidden: [32] contradicts the checkpoint") and "[16]" in line
 
 
