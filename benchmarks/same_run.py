@@ -4,15 +4,19 @@ parameters, optimiser state, the data module's pools, buffers and RNG states, an
 
     .venv/bin/python benchmarks/same_run.py [--baseline fadfaa1] [--config configs/cartpole.yaml] [--steps 400] \\
         [--extra-args "--meta_val.every_n_steps 200"]
+    .venv/bin/python benchmarks/same_run.py --compare RUN_A/checkpoints/last.ckpt RUN_B/checkpoints/last.ckpt
 
-Prints one line per differing tensor, and exits 1 when any differs. Used for changes meant to be pure speed (the
-thirteenth session's data side), whose earlier results must stand as they are.
+`--compare A B` compares two checkpoints already written (e.g. the run folders that two sessions'
+`benchmarks/make_run_speed.py --keep` kept). Prints one line per differing tensor, and exits 1 when any
+differs. Used for changes meant to be pure speed (the thirteenth session's data side), whose earlier results must
+stand as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -24,25 +28,26 @@ import torch
 from runs import ROOT
 
 COMPARED = ("state_dict", "optimizer_states", "MetaDQNDataModule", "callbacks")
+RUN_FOLDER = re.compile(r"/[^/]\S*/checkpoints/")  # a run folder's path in ModelCheckpoint's state keys
 
 
-def tensors(value, path: str, run_dir: str):
-    """(path, tensor) for every tensor in a checkpoint's nested dicts and lists; the run folder's name, which
-    Lightning writes into the checkpoint callback's keys, is replaced so that two folders compare."""
+def tensors(value, path: str):
+    """(path, tensor) for every tensor in a checkpoint's nested dicts and lists. The folder of the run, which
+    Lightning writes into the checkpoint callback's keys, becomes RUN, so that runs in two folders (or a run
+    folder copied elsewhere) compare."""
     if isinstance(value, torch.Tensor):
         yield path, value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from tensors(v, f"{path}/{str(k).replace(run_dir, 'RUN')}", run_dir)
+            yield from tensors(v, f"{path}/{RUN_FOLDER.sub('RUN/checkpoints/', str(k))}")
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from tensors(v, f"{path}/{i}", run_dir)
+            yield from tensors(v, f"{path}/{i}")
 
 
 def flat(ckpt_path: Path) -> dict[str, torch.Tensor]:
     ckpt = torch.load(ckpt_path, weights_only=True)
-    run_dir = str(ckpt_path.parent.parent)
-    return dict(item for key in COMPARED for item in tensors(ckpt.get(key), key, run_dir))
+    return dict(item for key in COMPARED for item in tensors(ckpt.get(key), key))
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -69,7 +74,15 @@ def main() -> None:
     parser.add_argument("--config", default="configs/cartpole.yaml")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags, for both runs")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
+                        help="compare these two checkpoints instead of fitting")
     args = parser.parse_args()
+    if args.compare:
+        diff = differences(*args.compare)
+        print("\n".join(diff) + ("\n" if diff else "") + f"{args.compare[0]} against {args.compare[1]}: "
+              + ("bitwise equal" if not diff else f"{len(diff)} tensors differ")
+              + f" ({len(flat(args.compare[0]))} tensors compared)")
+        sys.exit(1 if diff else 0)
     extra = shlex.split(args.extra_args)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline"

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -311,7 +312,7 @@ def test_profile_fit_times_the_data_side_and_the_meta_step_of_a_fit():
 
 
 @ON_WORKTREES
-def test_same_run_finds_equal_runs_equal_and_names_what_differs(tmp_path):
+def test_same_run_finds_equal_runs_equal_and_names_what_differs(tmp_path, monkeypatch, capsys):
     extra = " ".join(TINY[2:])  # TINY without its --config
     out = subprocess.run([sys.executable, "benchmarks/same_run.py", "--baseline", "HEAD", "--steps", "10",
                           "--extra-args", extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -329,3 +330,13 @@ def test_same_run_finds_equal_runs_equal_and_names_what_differs(tmp_path):
     assert differences(a, a) == []
     diff = differences(a, b)  # another seed: other weights, other tasks in the pool
     assert "state_dict/net.head.weight: differs" in diff and any(d.startswith("MetaDQNDataModule/") for d in diff)
+    shutil.copytree(tmp_path / "s0", tmp_path / "copied")  # its checkpoint callback still names the first folder
+    import same_run
+
+    for other, code in ((tmp_path / "copied" / "checkpoints" / "last.ckpt", 0), (b, 1)):
+        monkeypatch.setattr(sys, "argv", ["same_run.py", "--compare", str(a), str(other)])
+        with pytest.raises(SystemExit) as exit_info:
+            same_run.main()
+        assert exit_info.value.code == code
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert (": bitwise equal (" if code == 0 else " tensors differ (") in last, last
