@@ -11,6 +11,8 @@ import torch
 import yaml
 from conftest import ROOT, TINY
 
+sys.path.insert(0, str(ROOT / "benchmarks"))  # runs, same_run: imported by tests below
+
 
 def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"  # TINY without its --config
@@ -229,7 +231,6 @@ def test_theta_trace_leaves_the_run_bitwise_and_val_noise_reads_its_moves(tmp_pa
 
 
 def test_generated_tables_land_between_their_markers_in_the_readme_or_a_docs_page(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import runs
 
     (tmp_path / "docs").mkdir()
@@ -247,7 +248,6 @@ def test_generated_tables_land_between_their_markers_in_the_readme_or_a_docs_pag
 def test_a_run_folder_is_reused_only_by_the_settings_that_made_it(tmp_path):
     """The default config changed in the eleventh session: a finished run of the old one must not stand in for a
     run of the new one under the same folder name."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import runs
 
     run = tmp_path / "default_s0"
@@ -324,7 +324,6 @@ def test_same_run_finds_equal_runs_equal_and_names_what_differs(tmp_path, monkey
                              capture_output=True, text=True).stdout.strip()
     if not changed:
         assert out.returncode == 0 and ": bitwise equal (" in last, last
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from same_run import differences
 
     from mamldqn_pl.cli import main

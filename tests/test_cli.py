@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, mamldqn
+from conftest import ROOT, TINY, mamldqn, refused
 
 from mamldqn_pl.cli import main
 from mamldqn_pl.report import SUMMARY_COLUMNS
@@ -150,10 +150,8 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (["--model.advantage_learning", "1"], "model.advantage_learning: 1.0 must lie in [0, 1)"),
 ])
 def test_bad_input_is_one_line_naming_the_value(args, needle, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *TINY, "--run_dir", str(tmp_path / "bad"), *args])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2
+    code, err = refused(["fit", *TINY, "--run_dir", str(tmp_path / "bad"), *args], capsys)
+    assert code == 2
     assert err[-1].startswith("mamldqn: error:") and needle in err[-1], err[-1]
     assert not (tmp_path / "bad" / "checkpoints").exists()
 

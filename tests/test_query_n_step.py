@@ -3,11 +3,10 @@ the support) is its one-step self, and its target is the one-step target bitwise
 
 import pytest
 import torch
-from conftest import SMALL_DATA, TINY
+from conftest import SMALL_DATA, TINY, refused
 from test_nstep import expected_window, write_stream
 
 from mamldqn_pl import MetaDQNDataModule
-from mamldqn_pl.cli import main
 from mamldqn_pl.data import ReplayBuffers
 from mamldqn_pl.meta import td_target, td_target_of
 
@@ -75,7 +74,6 @@ def test_only_the_adapted_slots_queries_are_windowed_in_the_datamodule():
     (["--data.query_n_step", "3", "--data.collect_adapted", "0"], "needs data.collect_adapted > 0"),
 ])
 def test_bad_query_n_step_is_one_line_and_a_nonzero_exit(flags, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:  # in this process: tests/test_cli.py runs one in a subprocess
-        main(["fit", *TINY, *flags, "--run_dir", str(tmp_path / "bad")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err[-1].startswith("mamldqn: error:") and message in err[-1], err[-1]
+    # in this process: tests/test_cli.py runs one in a subprocess
+    code, err = refused(["fit", *TINY, *flags, "--run_dir", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err[-1].startswith("mamldqn: error:") and message in err[-1], err[-1]
