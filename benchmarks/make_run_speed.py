@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import ROOT, readme_table, trained_budget
+from runs import ROOT, cli_in, readme_table, trained_budget, worktree
 
 from mamldqn_pl.report import write_csv
 
@@ -47,17 +45,13 @@ COLUMNS = ("tree", "commit", "fit_s", "test_s", "total_s", "ratio_to_baseline", 
 def make_run(tree: Path, run_dir: Path, steps: int | None, fit_args: tuple[str, ...] = (),
              common: tuple[str, ...] = ()) -> dict:
     """`make run`'s two commands, timed, with the package imported from `tree`."""
-    env_python = [sys.executable, "-m", "mamldqn_pl"]
     config = ["--config", "configs/cartpole.yaml", "--run_dir", str(run_dir), *common]
     times = {}
     steps_args = ["--trainer.max_steps", str(steps)] if steps else []
     for command, extra in (("fit", [*steps_args, "--trainer.enable_progress_bar", "false", *fit_args]),
                            ("test", [])):
         start = time.time()
-        out = subprocess.run([*env_python, command, *config, *extra], cwd=tree, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(tree)})
-        if out.returncode:
-            raise SystemExit(f"{command} in {tree} failed:\n{out.stderr[-3000:]}")
+        cli_in(tree, command, *config, *extra)
         times[command] = time.time() - start
     with open(run_dir / "adaptation.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["init"] == "meta-init" and r["k"] == "5"]
@@ -83,27 +77,21 @@ def main() -> None:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            label = head.strip() + (" + uncommitted changes" if dirty else "")
-            trees = {"baseline": (base, args.baseline, ()), "this commit": (ROOT, label, ())}
-            if args.extra_args:  # this tree's default run, and beside it the run with the flags
-                trees["this commit, flags"] = (ROOT, f"{label}, {args.extra_args}", tuple(args.extra_args.split()))
-            folder = {name: Path(tmp) / f"run_{i}" for i, name in enumerate(trees)}
+    with tempfile.TemporaryDirectory() as tmp, worktree(args.baseline, Path(tmp) / "baseline") as base:
+        label = head.strip() + (" + uncommitted changes" if dirty else "")
+        trees = {"baseline": (base, args.baseline, ()), "this commit": (ROOT, label, ())}
+        if args.extra_args:  # this tree's default run, and beside it the run with the flags
+            trees["this commit, flags"] = (ROOT, f"{label}, {args.extra_args}", tuple(args.extra_args.split()))
+        folder = {name: Path(tmp) / f"run_{i}" for i, name in enumerate(trees)}
 
-            def run(name: str) -> dict:
-                tree, _, fit_args = trees[name]
-                return make_run(tree, folder[name], args.steps, fit_args, tuple(args.common_args.split()))
+        def run(name: str) -> dict:
+            tree, _, fit_args = trees[name]
+            return make_run(tree, folder[name], args.steps, fit_args, tuple(args.common_args.split()))
 
-            with ThreadPoolExecutor(1 if args.sequential else 2) as pool:
-                results = dict(zip(trees, pool.map(run, trees)))
-            if args.keep:
-                shutil.copytree(folder[list(trees)[-1]], args.keep, dirs_exist_ok=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+        with ThreadPoolExecutor(1 if args.sequential else 2) as pool:
+            results = dict(zip(trees, pool.map(run, trees)))
+        if args.keep:
+            shutil.copytree(folder[list(trees)[-1]], args.keep, dirs_exist_ok=True)
     base_total = results["baseline"]["total_s"]
     rows = [{"tree": name, "commit": trees[name][1], **r, "ratio_to_baseline": round(r["total_s"] / base_total, 2)}
             for name, r in results.items()]

@@ -12,22 +12,22 @@ import shlex
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from runs import ROOT
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
 from mamldqn_pl.memory import keep_freed_memory
 
-ROOT = Path(__file__).resolve().parents[1]
 TOTALS: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
 
 
 def timed(owner: object, name: str, label: str) -> None:
-    """Replace owner.name with a wrapper that adds its wall time to TOTALS[label]."""
+    """Replace owner.name (an object's method, or a class's: then every instance's) with a wrapper that adds its
+    wall time to TOTALS[label]."""
     inner = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
@@ -76,17 +76,7 @@ def main() -> None:
             for hook in ("on_train_batch_end", "on_validation_end", "on_train_batch_start"):
                 if type(callback).__dict__.get(hook) is not None:
                     timed(callback, hook, f"{type(callback).__name__}.{hook}")
-        opt_step = torch.optim.Adam.step
-
-        def adam_step(self, *a, **k):
-            start = time.perf_counter()
-            try:
-                return opt_step(self, *a, **k)
-            finally:
-                TOTALS["Adam.step"] += time.perf_counter() - start
-                CALLS["Adam.step"] += 1
-
-        torch.optim.Adam.step = adam_step
+        timed(torch.optim.Adam, "step", "Adam.step")  # the optimiser Lightning wraps is made at fit's start
         clock = _Clock()
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(model, dm)

@@ -1,13 +1,16 @@
-"""Shared by the benchmarks: train one run of a config in a subprocess (reusing a run that already finished), and
-put a generated table into the README."""
+"""Shared by the benchmarks: train one run of a config in a subprocess (reusing a run that already finished), run
+the CLI from another tree (a baseline commit's worktree), and put a generated table into the README."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +44,27 @@ def train(config: Path, seed: int, run: Path, steps: int | None = None, override
     done.write_text(f"{seconds:.1f}")
     print(f"trained {run.name} in {seconds:.0f} s", flush=True)
     return seconds
+
+
+@contextlib.contextmanager
+def worktree(commit: str, folder: Path) -> Iterator[Path]:
+    """`commit` checked out as a git worktree in `folder`, removed again afterwards: an older tree to run beside
+    this one, with nothing of this tree changed."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(folder), commit], cwd=ROOT, check=True,
+                   capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT, capture_output=True)
+
+
+def cli_in(tree: Path, *args: str) -> None:
+    """`mamldqn ARGS` with the package imported from `tree` (this one or a worktree); a failure ends the script
+    with the command's stderr."""
+    out = subprocess.run([sys.executable, "-m", "mamldqn_pl", *args], cwd=tree, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tree)})
+    if out.returncode:
+        raise SystemExit(f"{args[0]} in {tree} failed:\n{out.stderr[-3000:]}")
 
 
 def readme_table(name: str, table: str) -> None:

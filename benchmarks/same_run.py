@@ -15,17 +15,15 @@ stand as they are.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from runs import ROOT
+from runs import ROOT, cli_in, worktree
 
 COMPARED = ("state_dict", "optimizer_states", "MetaDQNDataModule", "callbacks")
 RUN_FOLDER = re.compile(r"/[^/]\S*/checkpoints/")  # a run folder's path in ModelCheckpoint's state keys
@@ -50,22 +48,33 @@ def flat(ckpt_path: Path) -> dict[str, torch.Tensor]:
     return dict(item for key in COMPARED for item in tensors(ckpt.get(key), key))
 
 
-def differences(a: Path, b: Path) -> list[str]:
-    """Tensors that differ (or exist in one checkpoint only) between two checkpoints."""
+def compare(a: Path, b: Path) -> tuple[list[str], int]:
+    """Tensors that differ (or exist in one checkpoint only) between two checkpoints, and how many `b` holds."""
     fa, fb = flat(a), flat(b)
     out = [f"{k}: only in {a if k in fa else b}" for k in sorted(set(fa) ^ set(fb))]
     out += [f"{k}: differs" for k in sorted(set(fa) & set(fb))
             if fa[k].shape != fb[k].shape or not torch.equal(fa[k], fb[k])]
-    return out
+    return out, len(fb)
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    return compare(a, b)[0]
 
 
 def fit(tree: Path, run_dir: Path, config: str, steps: int, extra: list[str]) -> Path:
-    out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", "--config", config, "--run_dir", str(run_dir),
-                          "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false", *extra],
-                         cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
-    if out.returncode:
-        raise SystemExit(f"fit in {tree} failed:\n{out.stderr[-3000:]}")
+    cli_in(tree, "fit", "--config", config, "--run_dir", str(run_dir), "--trainer.max_steps", str(steps),
+           "--trainer.enable_progress_bar", "false", *extra)
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+def report(a: Path, b: Path, label: str) -> None:
+    """Print what differs and a last line that says whether all is equal; exit 1 when anything differs."""
+    diff, n = compare(a, b)
+    for line in diff:
+        print(line)
+    print(f"{label}: " + ("bitwise equal" if not diff else f"{len(diff)} of {n} tensors differ")
+          + f" ({n} tensors compared)")
+    sys.exit(1 if diff else 0)
 
 
 def main() -> None:
@@ -78,31 +87,15 @@ def main() -> None:
                         help="compare these two checkpoints instead of fitting")
     args = parser.parse_args()
     if args.compare:
-        diff = differences(*args.compare)
-        print("\n".join(diff) + ("\n" if diff else "") + f"{args.compare[0]} against {args.compare[1]}: "
-              + ("bitwise equal" if not diff else f"{len(diff)} tensors differ")
-              + f" ({len(flat(args.compare[0]))} tensors compared)")
-        sys.exit(1 if diff else 0)
+        report(*args.compare, f"{args.compare[0]} against {args.compare[1]}")
     extra = shlex.split(args.extra_args)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            trees = {"baseline": base, "this tree": ROOT}
-            with ThreadPoolExecutor(2) as pool:
-                ckpts = dict(zip(trees, pool.map(
-                    lambda name: fit(trees[name], Path(tmp) / name.replace(" ", "_"), args.config, args.steps, extra),
-                    trees)))
-            diff = differences(ckpts["baseline"], ckpts["this tree"])
-            n = len(flat(ckpts["this tree"]))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
-    for line in diff:
-        print(line)
-    print(f"{args.config}, {args.steps} steps, {args.baseline} against this tree: "
-          + ("bitwise equal" if not diff else f"{len(diff)} of {n} tensors differ") + f" ({n} tensors compared)")
-    sys.exit(1 if diff else 0)
+    with tempfile.TemporaryDirectory() as tmp, worktree(args.baseline, Path(tmp) / "baseline") as base:
+        trees = {"baseline": base, "this_tree": ROOT}
+        with ThreadPoolExecutor(2) as pool:
+            ckpts = dict(zip(trees, pool.map(
+                lambda name: fit(trees[name], Path(tmp) / name, args.config, args.steps, extra), trees)))
+        report(ckpts["baseline"], ckpts["this_tree"],
+               f"{args.config}, {args.steps} steps, {args.baseline} against this tree")
 
 
 if __name__ == "__main__":
