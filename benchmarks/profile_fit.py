@@ -42,13 +42,15 @@ def timed(owner: object, name: str, label: str) -> None:
 
 
 class _Clock(pl.Callback):
+    """The fit's wall time from before its first batch is fetched (Lightning fetches a batch, and with it the data
+    side's work, before on_train_batch_start) to the end of its last meta-step."""
+
     def __init__(self) -> None:
-        self.start: float | None = None
+        self.start = 0.0
         self.end = 0.0
 
-    def on_train_batch_start(self, *args) -> None:
-        if self.start is None:
-            self.start = time.perf_counter()
+    def on_train_start(self, *args) -> None:
+        self.start = time.perf_counter()
 
     def on_train_batch_end(self, *args) -> None:
         self.end = time.perf_counter()
