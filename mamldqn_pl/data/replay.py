@@ -123,13 +123,13 @@ class ReplayBuffers:
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Support and query batches per task, drawn without replacement: they never share a transition. With
         `query_windows` (n, mask over `tasks`): see `windowed_query`."""
-        need = n_support + n_query
-        short = self.size[tasks] < need
+        need, size = n_support + n_query, self.size[tasks]
+        short = size < need
         if short.any():
             raise RuntimeError(f"buffers {tasks[short].tolist()} hold fewer than {need} transitions")
         keys = torch.rand(len(tasks), self.capacity, generator=generator)
-        if (self.size.numpy()[tasks.numpy()] < self.capacity).any():  # empty slots last
-            keys[torch.arange(self.capacity).unsqueeze(0) >= self.size[tasks].unsqueeze(1)] = 2.0
+        if bool((size < self.capacity).any()):  # empty slots last (full buffers, the usual case, have none)
+            keys[torch.arange(self.capacity).unsqueeze(0) >= size.unsqueeze(1)] = 2.0
         slots = keys.topk(need, dim=1, largest=False).indices  # the `need` smallest keys, in key order
         both = self.gather(tasks, slots)  # one gather; support and query are its two halves
         support, query = {k: v[:, :n_support] for k, v in both.items()}, {k: v[:, n_support:] for k, v in both.items()}
