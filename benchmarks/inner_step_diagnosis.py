@@ -59,7 +59,7 @@ def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> l
     split = split_for_adaptation(net, params, model.adapt)
     with torch.enable_grad():
         support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, model.hparams.gamma,
-                                torch.device("cpu"), inner.advantage)
+                                torch.device("cpu"), inner.advantage, inner.ridge)
         rows, greedy0 = [], None
         curvature = float(inner.lr * support["x"].pow(2).sum(-1).mean()) if model.adapt == "head" \
             else float("nan")

@@ -170,7 +170,7 @@ class MetaInit:
                 collect(collector, policy, budget, epsilon)
                 support = None if not budget else support_batch(
                     split, buffers, venv.action_counts, self.n_actions, q_init, model.hparams.gamma,
-                    torch.device("cpu"), model.inner.advantage)
+                    torch.device("cpu"), model.inner.advantage, model.inner.ridge)
                 for kk, fast in adapted_weights(split, model.inner, support, range(k + 1), 1):
                     venv.reset()
                     value = float(greedy_returns(net, params, fast, venv, episodes)[0])

@@ -24,6 +24,7 @@ from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.noise import relative_noise, step_seed
 from mamldqn_pl.meta.qnet import AdaptSplit
+from mamldqn_pl.meta.ridge import refresh_fields
 from mamldqn_pl.schedules import cosine
 
 # algorithm -> (which parameters adapt, first order) it implies
@@ -69,6 +70,10 @@ class MAMLDQN(pl.LightningModule):
             multitask it is what `test` fine-tunes.
         first_order: drop second-order terms of the meta-gradient; defaults to the algorithm's.
         inner_steps, inner_lr: K and alpha of the inner loop (also the meta-test defaults; Meta-SGD's initial rate).
+        inner_solver: "sgd" (K gradient steps of rate inner_lr) or "ridge" (head-only: K exact proximal
+            least-squares steps of the head, each later one bootstrapping from the head reached; mamldqn_pl/meta/
+            ridge.py), in training, at meta-test and in `adapt` alike.
+        ridge_lambda: the ridge steps' proximal strength lambda (> 0): how far one step may move the head.
         td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
@@ -121,6 +126,8 @@ class MAMLDQN(pl.LightningModule):
         first_order: bool | None = None,
         inner_steps: int = 3,
         inner_lr: float = 0.05,
+        inner_solver: Literal["sgd", "ridge"] = "sgd",
+        ridge_lambda: float = 1.0,
         td_normalize: bool = False,
         multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
@@ -154,6 +161,8 @@ class MAMLDQN(pl.LightningModule):
         self.test_seeds = [0, 1, 2] if test_seeds is None else test_seeds
         require(inner_steps >= 0, f"model.inner_steps: {inner_steps} must be >= 0")
         require(inner_lr > 0, f"model.inner_lr: {inner_lr} must be > 0")
+        require(inner_solver in ("sgd", "ridge"), f"model.inner_solver: {inner_solver!r}; allowed: sgd, ridge")
+        require(ridge_lambda > 0, f"model.ridge_lambda: {ridge_lambda} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
         require(adam_eps > 0, f"model.adam_eps: {adam_eps} must be > 0")
         require(weight_noise >= 0, f"model.weight_noise: {weight_noise} must be >= 0 (0 turns it off)")
@@ -183,6 +192,15 @@ class MAMLDQN(pl.LightningModule):
         require(num_threads is None or num_threads >= 1, f"model.num_threads: {num_threads} must be >= 1")
         self.algorithm, self.query_target = algorithm, query_target
         self.adapt, self.first_order = resolve_algorithm(algorithm, adapt, first_order, inner_steps)
+        if inner_solver == "ridge":
+            require(self.adapt == "head" and algorithm not in ("metasgd", "reptile"),
+                    f"model.inner_solver ridge adapts the head only: not with model.adapt {self.adapt} or "
+                    f"model.algorithm {algorithm} (allowed: anil, maml or fomaml with model.adapt head, multitask)")
+            clashes = {"td_normalize": td_normalize, "double_dqn": double_dqn,
+                       "advantage_learning": advantage_learning, "query_target": query_target != "shared"}
+            for name, on in clashes.items():
+                require(not on, f"model.{name}: {self.hparams[name]!r} does not combine with model.inner_solver ridge "
+                                "(whose later steps bootstrap from the plain max of the adapted head)")
         self.automatic_optimization = False
         self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale, layer_norm)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
@@ -195,7 +213,8 @@ class MAMLDQN(pl.LightningModule):
             self.log_inner_lr = nn.Parameter(torch.full((max(inner_steps, 1), n_fast), math.log(inner_lr)))
         self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=self.first_order, loss=td_loss,
                                log_lrs=self.log_inner_lr, normalize=td_normalize,
-                               multi_step=multi_step_loss, advantage=advantage_learning)
+                               multi_step=multi_step_loss, advantage=advantage_learning, solver=inner_solver,
+                               ridge_lambda=ridge_lambda)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0
@@ -273,9 +292,12 @@ class MAMLDQN(pl.LightningModule):
     # ---- the meta-objective -------------------------------------------------------------------------------
     def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
         """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
-        [tasks, N] batch."""
-        return {"x": split.encode(data["obs"]), "actions": data["actions"],
-                "target": self._td_targets(data, self.target_net, mask)}
+        [tasks, N] batch; with the ridge solver also what its later steps refresh the targets from."""
+        batch = {"x": split.encode(data["obs"]), "actions": data["actions"],
+                 "target": self._td_targets(data, self.target_net, mask)}
+        if self.inner.ridge:
+            batch |= refresh_fields(data, split.encode, self.hparams.gamma, None if mask is None else mask.unsqueeze(1))
+        return batch
 
     def _td_targets(self, data: dict[str, Tensor], q_target: Callable[[Tensor], Tensor],
                     mask: Tensor | None, online: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -299,7 +321,7 @@ class MAMLDQN(pl.LightningModule):
             n = batch["support"]["obs"].shape[1]
             joined = self._inner_batch(split, {k: torch.cat([v, batch["query"][k]], dim=1)
                                                for k, v in batch["support"].items()}, mask)
-            parts = {k: v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
+            parts = {k: (v, v) if k == "valid" else v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
             support, query = {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
         if self.query_target == "adapted":
             query["target"] = self._adapted_query_targets(batch, support["target"], mask)

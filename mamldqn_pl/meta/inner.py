@@ -13,6 +13,7 @@ from torch import Tensor
 
 from mamldqn_pl.meta.head import linear_head_meta_losses, taken_q, td_derivatives
 from mamldqn_pl.meta.qnet import FastWeights, QFn
+from mamldqn_pl.meta.ridge import refreshed_targets, ridge_meta_losses, ridge_step
 from mamldqn_pl.meta.td import pointwise_td_loss
 
 Batch = dict[str, Tensor]
@@ -34,6 +35,11 @@ class InnerLoop:
     it lives here so that every place that builds a support batch for this inner loop (the module, meta-test,
     `adapt`) builds the same targets.
 
+    `solver` "ridge" (head-only adaptation) replaces each SGD step by an exact proximal least-squares step of the
+    head with strength `ridge_lambda`, later steps bootstrapping from the head reached (`meta.ridge`); the
+    support batches then carry the refresh's fields. `lr`, `normalize` and the TD loss's kind do not enter its
+    steps (the query loss keeps the kind).
+
     `written_out` (default) takes the fast paths of `meta_losses`: a linear head's meta-objective and
     meta-gradient written out by hand (`meta.head`), else, given a `batched_q_fn`, all tasks' inner steps as one
     autograd graph over per-task weights [T, ...] (no vmap). False keeps the plain torch.func path everywhere:
@@ -49,6 +55,12 @@ class InnerLoop:
     multi_step: bool = False
     advantage: float = 0.0
     written_out: bool = True
+    solver: str = "sgd"
+    ridge_lambda: float = 1.0
+
+    @property
+    def ridge(self) -> bool:
+        return self.solver == "ridge"
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
         return self.per_task_loss(q_fn(fast, batch["x"]), batch)
@@ -81,8 +93,12 @@ class InnerLoop:
         [m, A, F] and head.bias [m, A], batch x [m, N, F]. The TD loss's gradient is written out with
         `meta.head`'s pieces (Huber: clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals
         `step` under vmap (tested). For evaluation and collection, where no meta-gradient flows through the inner
-        loop."""
+        loop. With the ridge solver: ridge step k (`meta.ridge`), its targets refreshed from the head after k > 0."""
         w, b = fast["head.weight"], fast["head.bias"]
+        if self.ridge:
+            target = batch["target"] if k == 0 else refreshed_targets(w, b, batch)
+            w, b = ridge_step(w, b, batch["x"], batch["actions"], target, self.ridge_lambda)
+            return {"head.weight": w, "head.bias": b}
         x, target = batch["x"], batch["target"]
         onehot = torch.nn.functional.one_hot(batch["actions"], w.shape[1]).to(x.dtype)
         error = taken_q(x, w, b, onehot) - target
@@ -113,6 +129,11 @@ class InnerLoop:
     def meta_losses(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch,
                     batched_q_fn: QFn | None = None) -> Tensor:
         """Per-task query losses after adaptation, all tasks in one pass; shape [tasks]."""
+        if self.ridge:
+            if set(fast) != LINEAR_HEAD or fast["head.weight"].dim() != 2:
+                raise ValueError("the ridge inner solver adapts a shared linear head only (adapt head)")
+            return ridge_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.ridge_lambda,
+                                     self.steps, self.loss, self.first_order, self.multi_step)
         if self.written_out and self.log_lrs is None and set(fast) == LINEAR_HEAD and fast["head.weight"].dim() == 2:
             return linear_head_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.lr,
                                            self.steps, self.loss, self.first_order, self.normalize, self.multi_step)

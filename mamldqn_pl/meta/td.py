@@ -67,6 +67,21 @@ def advantage_learning(target: Tensor, q_now_target: Tensor, actions: Tensor, al
         return target - alpha * (q_now_target.max(dim=-1).values - taken)
 
 
+def bootstrap_parts(data: dict[str, Tensor], gamma: float) -> tuple[Tensor, Tensor]:
+    """A sampled batch's TD target split as target = ret + discount * max_a' Q(s', a'): the (n-step) discounted
+    rewards and gamma^steps (0 where the episode terminated). A ridge inner step refreshes the support's targets
+    from the head it has reached with these (`meta.ridge`)."""
+    with torch.no_grad():
+        if "reward_window" in data:
+            window = data["reward_window"]
+            powers = torch.arange(window.shape[-1], device=window.device, dtype=window.dtype)
+            ret = (window * gamma ** powers).sum(dim=-1)
+            discount = torch.full_like(ret, gamma) ** data["steps"].to(ret.dtype)
+        else:
+            ret, discount = data["rewards"], torch.full_like(data["rewards"], gamma)
+        return ret, discount * (1.0 - data["terminated"].to(ret.dtype))
+
+
 def batch_targets(data: dict[str, Tensor], q_target, gamma: float, action_mask: Tensor | None = None,
                   advantage: float = 0.0, q_online=None) -> Tensor:
     """The TD targets of a sampled [tasks, N] batch, as training and meta-test both build them: theta^- (the
