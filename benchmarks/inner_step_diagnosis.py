@@ -9,10 +9,12 @@ best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the cu
 a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the adapted network (5
 episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
 
-    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR] ... [--out docs/results/NAME] \\
+    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR|@ridgeLAMBDA] ... \\
+        [--out docs/results/NAME] \\
         [--ks 0 1 3 5 20 100]
 
-`@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with.
+`@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with; `@ridgeLAMBDA`
+(e.g. `@ridge1.0`) with the ridge inner solver of strength LAMBDA (`model.inner_solver ridge`) instead of SGD.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ COLUMNS = ("name", "k", "support_td_loss", "signed_td_error", "greedy_changed", 
 def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> list[dict]:
     ckpt, _, lr = ckpt.partition("@")
     model, dm = load(ckpt)
-    inner = dataclasses.replace(model.inner, lr=float(lr)) if lr else model.inner
+    if lr.startswith("ridge"):
+        inner = dataclasses.replace(model.inner, solver="ridge", ridge_lambda=float(lr[len("ridge"):]))
+    else:
+        inner = dataclasses.replace(model.inner, lr=float(lr)) if lr else model.inner
     net, family, tasks = model.init_net, dm.family, dm.val_tasks
     protocol = Protocol.of(dm.hparams, ks, 5, (seed,))
     params = {k: v.detach() for k, v in net.named_parameters()}
@@ -61,7 +66,7 @@ def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> l
         support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, model.hparams.gamma,
                                 torch.device("cpu"), inner.advantage, inner.ridge)
         rows, greedy0 = [], None
-        curvature = float(inner.lr * support["x"].pow(2).sum(-1).mean()) if model.adapt == "head" \
+        curvature = float(inner.lr * support["x"].pow(2).sum(-1).mean()) if model.adapt == "head" and not inner.ridge \
             else float("nan")
         for k, fast in adapted_weights(split, inner, support, ks, n):
             with torch.no_grad():

@@ -196,8 +196,7 @@ class MAMLDQN(pl.LightningModule):
             require(self.adapt == "head" and algorithm not in ("metasgd", "reptile"),
                     f"model.inner_solver ridge adapts the head only: not with model.adapt {self.adapt} or "
                     f"model.algorithm {algorithm} (allowed: anil, maml or fomaml with model.adapt head, multitask)")
-            clashes = {"td_normalize": td_normalize, "double_dqn": double_dqn,
-                       "advantage_learning": advantage_learning, "query_target": query_target != "shared"}
+            clashes = {"td_normalize": td_normalize, "double_dqn": double_dqn, "advantage_learning": advantage_learning}
             for name, on in clashes.items():
                 require(not on, f"model.{name}: {self.hparams[name]!r} does not combine with model.inner_solver ridge "
                                 "(whose later steps bootstrap from the plain max of the adapted head)")
@@ -336,6 +335,9 @@ class MAMLDQN(pl.LightningModule):
             split = split_for_adaptation(self.target_net, params, self.adapt)
             support = {"x": split.encode(batch["support"]["obs"]), "actions": batch["support"]["actions"],
                        "target": support_target}
+            if self.inner.ridge:  # its later steps bootstrap from theta_i^-'s own head on theta^-'s features
+                support |= refresh_fields(batch["support"], split.encode, self.hparams.gamma,
+                                          None if mask is None else mask.unsqueeze(1))
             adapted = self.inner.adapted_no_grad(split.q_fn, split.fast, support)
             online = None
             if self.hparams.double_dqn:  # a' from theta_i (theta after the same K steps), its value from theta_i^-
