@@ -92,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="NAME=PATH of a checkpoint")
     parser.add_argument("--out", default=str(ROOT / "docs/results/inner_step_diagnosis"),
-                        help="the README's table is rewritten only for this default")
+                        help="under docs/results/, the table between the <!-- NAME.md --> markers is rewritten too")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS),
                         help="inner steps to measure (the first is the reference for 'greedy actions changed')")
     args = parser.parse_args()
@@ -107,8 +107,8 @@ def main() -> None:
               f"{r['return']:.0f} |" for r in rows]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     plot(rows, Path(args.out + ".png"))
-    if Path(args.out).resolve() == (ROOT / "docs/results/inner_step_diagnosis").resolve():
-        readme_table("inner_step_diagnosis", "\n".join(lines))
+    if Path(args.out).resolve().parent == (ROOT / "docs/results").resolve():  # e.g. docs/results/nav2d_k_sweep
+        readme_table(Path(args.out).name, "\n".join(lines))
     print("\n".join(lines))
 
 

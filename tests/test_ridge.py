@@ -196,3 +196,36 @@ def test_ridge_bad_settings_are_refused_in_one_line(capsys):
     for extra, needle in cases:
         code, err = refused(base + extra, capsys)
         assert code != 0 and len(err) == 1 and needle in err[0], (extra, err)
+
+
+def test_adapt_api_takes_ridge_steps_on_a_users_env():
+    import gymnasium as gym
+
+    from mamldqn_pl.metainit import MetaInit
+
+    torch.manual_seed(0)
+    model = MAMLDQN(obs_dim=2, n_actions=5, inner_solver="ridge", gamma=0.95)
+    before = {k: v.detach().clone() for k, v in model.net.named_parameters()}
+    env = gym.make("mamldqn_pl/Nav2D-v0", goal_x=0.3, goal_y=-0.2)
+    agent = MetaInit(model, {"family": "nav2d", "adapt_budget": 40, "epsilon_adapt": 1.0}).adapt(env, k=2, episodes=1)
+    assert [r["k"] for r in agent.report["returns"]] == [0, 1, 2]
+    assert torch.equal(agent.net.body[1].weight, model.net.body[1].weight)
+    assert not torch.equal(agent.net.head.weight, model.net.head.weight)
+    assert all(torch.equal(before[k], v) for k, v in model.net.named_parameters())  # the init is untouched
+
+
+def test_nav2d_ridge_config_is_nav2d_with_the_screened_flags():
+    """The README's nav2d_ridge rows were trained as configs/nav2d.yaml plus these flags (benchmarks/families.py
+    --variant ridge1_rs_pre1); the shipped config must stay exactly that."""
+    import yaml
+    from conftest import ROOT
+
+    base = yaml.safe_load((ROOT / "configs/nav2d.yaml").read_text())
+    ridge = yaml.safe_load((ROOT / "configs/nav2d_ridge.yaml").read_text())
+    flags = {"model": {"inner_solver": "ridge", "ridge_lambda": 1.0, "pre_loss_weight": 1.0},
+             "data": {"epsilon_adapt": 1.0}}
+    for section, values in flags.items():
+        assert {k: ridge[section].pop(k) for k in values} == values
+    assert ridge.pop("run_dir") == "lightning_logs/nav2d_ridge" and base.pop("run_dir") == "lightning_logs/nav2d"
+    assert base["model"].pop("inner_lr") == 0.05  # the default; no ridge step reads it
+    assert ridge == base

@@ -12,10 +12,11 @@ keeps it near the head it starts from:
 column of ones). The first step's targets y are the support's TD targets from theta^- (as for SGD); each later
 step refreshes them from the head it has reached, y = r + discount x max_a' Q_k(s', a') with the same body
 (fitted Q iteration): K steps are K Bellman backups on the support, not K partial moves toward one. An action the
-support never took keeps its head (X_a = 0). Everything is a batched linear solve, so the meta-gradient to the
-body and the initial head is ordinary autograd through `torch.linalg.solve` (the closed-form solvers of
-Bertinetto et al. 2019, R2-D2; least squares on a DQN's last layer: Levine et al. 2017, LS-DQN); the refreshed
-targets, like every TD target here, get no gradient.
+support never took keeps its head (X_a = 0). Every step is a batched linear solve (the dual form, one Cholesky
+factor per task shared by the K steps: `ridge_system`), so the meta-gradient to the body and the initial head is
+ordinary autograd through the factorisation (the closed-form solvers of Bertinetto et al. 2019, R2-D2; least
+squares on a DQN's last layer: Levine et al. 2017, LS-DQN); the refreshed targets, like every TD target here, get
+no gradient.
 
 Shapes: w [T, A, F], b [T, A] (per-task heads), x [T, N, F] features, actions [T, N], target [T, N]; the refresh
 reads the support's `x_next` [T, N, F] (features at the next observations), `ret` [T, N] (the (n-step) discounted
