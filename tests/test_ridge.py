@@ -216,13 +216,13 @@ def test_adapt_api_takes_ridge_steps_on_a_users_env():
 
 def test_nav2d_ridge_config_is_nav2d_with_the_screened_flags():
     """The README's nav2d_ridge rows were trained as configs/nav2d.yaml plus these flags (benchmarks/families.py
-    --variant ridge1_rs_pre1); the shipped config must stay exactly that."""
+    --variant ridge1_rs_qta); the shipped config must stay exactly that."""
     import yaml
     from conftest import ROOT
 
     base = yaml.safe_load((ROOT / "configs/nav2d.yaml").read_text())
     ridge = yaml.safe_load((ROOT / "configs/nav2d_ridge.yaml").read_text())
-    flags = {"model": {"inner_solver": "ridge", "ridge_lambda": 1.0, "pre_loss_weight": 1.0},
+    flags = {"model": {"inner_solver": "ridge", "ridge_lambda": 1.0, "query_target": "adapted"},
              "data": {"epsilon_adapt": 1.0}}
     for section, values in flags.items():
         assert {k: ridge[section].pop(k) for k in values} == values
