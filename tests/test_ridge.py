@@ -229,3 +229,32 @@ def test_nav2d_ridge_config_is_nav2d_with_the_screened_flags():
     assert ridge.pop("run_dir") == "lightning_logs/nav2d_ridge" and base.pop("run_dir") == "lightning_logs/nav2d"
     assert base["model"].pop("inner_lr") == 0.05  # the default; no ridge step reads it
     assert ridge == base
+
+
+def test_adapted_query_targets_with_ridge_steps_equal_a_hand_computation():
+    """query_target adapted with the ridge solver: theta^- adapted per task by primal ridge steps (each later one on
+    targets refreshed from theta_i^-'s head), then the query's r + gamma (1 - terminated) max Q(s'; theta_i^-)."""
+    from test_module import fit
+
+    torch.manual_seed(0)
+    model = MAMLDQN(hidden=[16], algorithm="anil", inner_steps=2, inner_solver="ridge", ridge_lambda=0.5,
+                    query_target="adapted")
+    batch = fit(model, 3).datamodule.next_batch()
+    split = split_for_adaptation(model.net, dict(model.net.named_parameters()), "head")
+    _, query = model._support_and_query(split, batch)
+    net, gamma, s, q = model.target_net, model.hparams.gamma, batch["support"], batch["query"]
+    with torch.no_grad():
+        x, x_next = net.body(s["obs"]).double(), net.body(s["next_obs"]).double()
+        w = net.head.weight.double().expand(x.shape[0], -1, -1)
+        b = net.head.bias.double().expand(x.shape[0], -1)
+        target = (s["rewards"] + gamma * (1 - s["terminated"]) * net(s["next_obs"]).max(-1).values).double()
+        for k in range(2):
+            if k:
+                q_next = torch.baddbmm(b.unsqueeze(1), x_next, w.transpose(1, 2)).max(-1).values
+                target = s["rewards"].double() + gamma * (1 - s["terminated"].double()) * q_next
+            w, b = reference_step(w, b, x, s["actions"], target, 0.5)
+        q_next = torch.baddbmm(b.unsqueeze(1), net.body(q["next_obs"]).double(), w.transpose(1, 2)).max(-1).values
+        expected = q["rewards"] + gamma * (1 - q["terminated"]) * q_next.float()
+    torch.testing.assert_close(query["target"], expected, rtol=1e-4, atol=1e-4)
+    shared = model._inner_batch(split, q, None)["target"]
+    assert not torch.allclose(query["target"], shared)
