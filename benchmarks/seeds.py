@@ -204,10 +204,8 @@ ABLATION = {  # variant -> settings that differ from ABLATION_CONFIG
     # meta-step old; screened before the default changed with the old one (378 against 409 on fifteen seeds)
     "apt_cosine_eps_adapt_1.0_6k_best_after_4000_process": {**RANDOM_6K, "target_sync.best_after": "4000",
                                                             "data.collection": "process"},
-    # ... and the new default with the ridge inner solver of the fourteenth session (exact least-squares head steps;
-    # nav2d's working variant): alone, and with the per-task query targets that nav2d needed with it
-    "apt_cosine_eps_adapt_1.0_6k_best_after_4000_ridge": {**RANDOM_6K, "target_sync.best_after": "4000",
-                                                          "model.inner_solver": "ridge"},
+    # ... and the new default with the ridge inner solver of the fourteenth session (exact least-squares head steps)
+    # and the per-task query targets that nav2d's working variant needed with it
     "apt_cosine_eps_adapt_1.0_6k_best_after_4000_ridge_qta": {**RANDOM_6K, "target_sync.best_after": "4000",
                                                               "model.inner_solver": "ridge",
                                                               "model.query_target": "adapted"},

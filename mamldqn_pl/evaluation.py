@@ -22,7 +22,7 @@ from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.inner import LINEAR_HEAD
 from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
-from mamldqn_pl.meta.ridge import refresh_fields
+from mamldqn_pl.meta.ridge import refresh_fields, ridge_heads
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task
 
@@ -120,6 +120,11 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
     if support is None and any(k > 0 for k in ks):
         raise ValueError("no support data (budget 0) to take inner steps on")
     fast = {k: v.detach().expand(n, *v.shape).clone() for k, v in split.fast.items()}
+    if inner.ridge and support is not None:  # every K's heads from one factorisation of the support
+        heads = ridge_heads(fast["head.weight"], fast["head.bias"], support, inner.ridge_lambda, max(ks))
+        for k in sorted(set(ks)):
+            yield k, {"head.weight": heads[k][0].detach(), "head.bias": heads[k][1].detach()}
+        return
     if set(fast) == LINEAR_HEAD:  # head-only: the written-out step, equal and much cheaper
         step = inner.linear_head_step
     else:

@@ -289,14 +289,19 @@ class MAMLDQN(pl.LightningModule):
         return hp.epsilon_start + frac * (hp.epsilon_end - hp.epsilon_start)
 
     # ---- the meta-objective -------------------------------------------------------------------------------
-    def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
+    def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None,
+                     refresh: bool = True) -> dict[str, Tensor]:
         """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
-        [tasks, N] batch; with the ridge solver also what its later steps refresh the targets from."""
+        [tasks, N] batch; with the ridge solver and `refresh` also what its later steps refresh the targets from."""
         batch = {"x": split.encode(data["obs"]), "actions": data["actions"],
                  "target": self._td_targets(data, self.target_net, mask)}
-        if self.inner.ridge:
-            batch |= refresh_fields(data, split.encode, self.hparams.gamma, None if mask is None else mask.unsqueeze(1))
-        return batch
+        return batch | self._refresh_fields(split, data, mask) if refresh else batch
+
+    def _refresh_fields(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
+        """What the ridge solver's later steps refresh a support's targets from (nothing for SGD steps)."""
+        if not self.inner.ridge:
+            return {}
+        return refresh_fields(data, split.encode, self.hparams.gamma, None if mask is None else mask.unsqueeze(1))
 
     def _td_targets(self, data: dict[str, Tensor], q_target: Callable[[Tensor], Tensor],
                     mask: Tensor | None, online: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -315,13 +320,15 @@ class MAMLDQN(pl.LightningModule):
         if self.first_order and self.adapt == "head" and self.algorithm != "multitask":
             with torch.no_grad():
                 support = self._inner_batch(split, batch["support"], mask)
-            query = self._inner_batch(split, batch["query"], mask)
+            query = self._inner_batch(split, batch["query"], mask, refresh=False)
         else:
             n = batch["support"]["obs"].shape[1]
             joined = self._inner_batch(split, {k: torch.cat([v, batch["query"][k]], dim=1)
-                                               for k, v in batch["support"].items()}, mask)
-            parts = {k: (v, v) if k == "valid" else v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
+                                               for k, v in batch["support"].items()}, mask, refresh=False)
+            parts = {k: v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
             support, query = {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
+            if self.algorithm != "multitask":  # the query rows and multitask training take no inner step
+                support |= self._refresh_fields(split, batch["support"], mask)
         if self.query_target == "adapted":
             query["target"] = self._adapted_query_targets(batch, support["target"], mask)
         return support, query
@@ -335,9 +342,7 @@ class MAMLDQN(pl.LightningModule):
             split = split_for_adaptation(self.target_net, params, self.adapt)
             support = {"x": split.encode(batch["support"]["obs"]), "actions": batch["support"]["actions"],
                        "target": support_target}
-            if self.inner.ridge:  # its later steps bootstrap from theta_i^-'s own head on theta^-'s features
-                support |= refresh_fields(batch["support"], split.encode, self.hparams.gamma,
-                                          None if mask is None else mask.unsqueeze(1))
+            support |= self._refresh_fields(split, batch["support"], mask)  # theta_i^-'s head on theta^-'s features
             adapted = self.inner.adapted_no_grad(split.q_fn, split.fast, support)
             online = None
             if self.hparams.double_dqn:  # a' from theta_i (theta after the same K steps), its value from theta_i^-

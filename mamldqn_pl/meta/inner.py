@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mamldqn_pl.meta.head import linear_head_meta_losses, taken_q, td_derivatives
 from mamldqn_pl.meta.qnet import FastWeights, QFn
-from mamldqn_pl.meta.ridge import refreshed_targets, ridge_meta_losses, ridge_step
+from mamldqn_pl.meta.ridge import refreshed_targets, ridge_heads, ridge_meta_losses, ridge_step
 from mamldqn_pl.meta.td import pointwise_td_loss
 
 Batch = dict[str, Tensor]
@@ -175,6 +175,9 @@ class InnerLoop:
             return {k: v.detach() for k, v in self.adapted(q_fn, fast, support).items()}
         m = support["x"].shape[0]
         fast = {k: v.detach().expand(m, *v.shape) for k, v in fast.items()}
+        if self.ridge:  # the K steps share one factorisation of the support
+            w, b = ridge_heads(fast["head.weight"], fast["head.bias"], support, self.ridge_lambda, self.steps)[-1]
+            return {"head.weight": w, "head.bias": b}
         for k in range(self.steps):
             fast = self.linear_head_step(fast, support, k)
         return fast

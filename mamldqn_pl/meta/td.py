@@ -33,13 +33,18 @@ def td_target(rewards: Tensor, terminated: Tensor, next_q_target: Tensor, gamma:
         return rewards + gamma * (1.0 - terminated) * value
 
 
+def n_step_returns(reward_window: Tensor, steps: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """sum_{j<k} gamma^j r_{t+j} and gamma^k of each window, k = `steps` the transitions it holds."""
+    powers = torch.arange(reward_window.shape[-1], device=reward_window.device, dtype=reward_window.dtype)
+    returns = (reward_window * gamma ** powers).sum(dim=-1)
+    return returns, torch.full_like(returns, gamma) ** steps.to(returns.dtype)
+
+
 def n_step_td_target(reward_window: Tensor, steps: Tensor, terminated: Tensor, next_q_target: Tensor,
                      gamma: float, action_mask: Tensor | None = None, next_q_online: Tensor | None = None) -> Tensor:
     """sum_{j<k} gamma^j r_{t+j} + gamma^k (1 - terminated) max_a' Q(s_{t+k}, a'; theta^-), with k = `steps`
     the transitions the window holds (rewards past them are zero) and s_{t+k}, terminated those of its last."""
-    powers = torch.arange(reward_window.shape[-1], device=reward_window.device, dtype=reward_window.dtype)
-    returns = (reward_window * gamma ** powers).sum(dim=-1)
-    discount = torch.full_like(returns, gamma) ** steps.to(returns.dtype)
+    returns, discount = n_step_returns(reward_window, steps, gamma)
     return td_target(returns, terminated, next_q_target, discount, action_mask, next_q_online)
 
 
@@ -73,10 +78,7 @@ def bootstrap_parts(data: dict[str, Tensor], gamma: float) -> tuple[Tensor, Tens
     from the head it has reached with these (`meta.ridge`)."""
     with torch.no_grad():
         if "reward_window" in data:
-            window = data["reward_window"]
-            powers = torch.arange(window.shape[-1], device=window.device, dtype=window.dtype)
-            ret = (window * gamma ** powers).sum(dim=-1)
-            discount = torch.full_like(ret, gamma) ** data["steps"].to(ret.dtype)
+            ret, discount = n_step_returns(data["reward_window"], data["steps"], gamma)
         else:
             ret, discount = data["rewards"], torch.full_like(data["rewards"], gamma)
         return ret, discount * (1.0 - data["terminated"].to(ret.dtype))
