@@ -9,12 +9,14 @@ best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the cu
 a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the adapted network (5
 episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
 
-    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR|@ridgeLAMBDA] ... \\
+    .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR|@sgdLR|@ridgeLAMBDA] ... \\
         [--out docs/results/NAME] \\
         [--ks 0 1 3 5 20 100]
 
-`@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with; `@ridgeLAMBDA`
-(e.g. `@ridge1.0`) with the ridge inner solver of strength LAMBDA (`model.inner_solver ridge`) instead of SGD.
+`@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with (its solver
+unchanged); `@sgdLR` (e.g. `@sgd0.05`) with SGD steps of rate LR, also for a checkpoint trained with the ridge
+solver; `@ridgeLAMBDA` (e.g. `@ridge1.0`) with the ridge inner solver of strength LAMBDA (`model.inner_solver
+ridge`) instead of SGD.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> l
     model, dm = load(ckpt)
     if lr.startswith("ridge"):
         inner = dataclasses.replace(model.inner, solver="ridge", ridge_lambda=float(lr[len("ridge"):]))
+    elif lr.startswith("sgd"):
+        inner = dataclasses.replace(model.inner, solver="sgd", lr=float(lr[len("sgd"):]))
     else:
         inner = dataclasses.replace(model.inner, lr=float(lr)) if lr else model.inner
     net, family, tasks = model.init_net, dm.family, dm.val_tasks

@@ -136,12 +136,13 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.ckpt"
     out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}",
-                          f"small={ckpt}@0.001", "--out", str(tmp_path / "diag")],
+                          f"small={ckpt}@0.001", f"sgd={ckpt}@sgd0.001", "--out", str(tmp_path / "diag")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "diag.csv")))
-    assert [(r["name"], r["k"]) for r in rows] == [(n, k) for n in ("trained", "small") for k in ("0", "1", "3")]
-    trained, small = rows[:3], rows[3:]
+    assert [(r["name"], r["k"]) for r in rows] == [(n, k) for n in ("trained", "small", "sgd") for k in ("0", "1", "3")]
+    trained, small = rows[:3], rows[3:6]
+    assert [dict(r, name="") for r in rows[6:]] == [dict(r, name="") for r in small]  # @sgdLR: SGD at rate LR
     assert all(float(r["greedy_changed"]) == 0.0 for r in (trained[0], small[0]))
     for key in ("support_td_loss", "signed_td_error", "action_gap_k0", "return"):  # K = 0: the same support data
         assert trained[0][key] == small[0][key]
