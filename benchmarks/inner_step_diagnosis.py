@@ -1,17 +1,17 @@
 """Issue 11: why do inner steps destroy an Acrobot policy while they fix a flipped CartPole one?
 
 For each checkpoint, on its validation tasks (never the test tasks) with one evaluation seed, the meta-test
-protocol's support data (200 env steps of epsilon 0.25 play of the init, TD targets from the frozen init) and then
-K = 0, 1, 3 inner steps. Per K: the support TD loss; the mean signed TD error Q(s, a) - target on the taken
-actions (> 0: the init's values sit above their own targets, so every step lowers the taken actions' values); the
-fraction of support states whose greedy action differs from K = 0's; the median action gap (best minus second
-best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the curvature of a head step: above 2
-a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the adapted network (5
-episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
+protocol's support data (data.adapt_budget env steps, or --budget, of the init's play at data.epsilon_adapt; TD
+targets from the frozen init) and then K = 0, 1, 3 inner steps. Per K: the support TD loss; the mean signed TD error
+Q(s, a) - target on the taken actions (> 0: the init's values sit above their own targets, so every step lowers the
+taken actions' values); the fraction of support states whose greedy action differs from K = 0's; the median action
+gap (best minus second best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the curvature of a
+head step: above 2 a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the
+adapted network (5 episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
 
     .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR|@sgdLR|@ridgeLAMBDA] ... \\
         [--out docs/results/NAME] \\
-        [--ks 0 1 3 5 20 100]
+        [--ks 0 1 3 5 20 100] [--budget 1000]
 
 `@LR` evaluates the checkpoint with another inner learning rate than the one it was trained with (its solver
 unchanged); `@sgdLR` (e.g. `@sgd0.05`) with SGD steps of rate LR, also for a checkpoint trained with the ridge
@@ -42,7 +42,7 @@ COLUMNS = ("name", "k", "support_td_loss", "signed_td_error", "greedy_changed", 
            "return")
 
 
-def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> list[dict]:
+def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS, budget: int | None = None) -> list[dict]:
     ckpt, _, lr = ckpt.partition("@")
     model, dm = load(ckpt)
     if lr.startswith("ridge"):
@@ -52,7 +52,7 @@ def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS) -> l
     else:
         inner = dataclasses.replace(model.inner, lr=float(lr)) if lr else model.inner
     net, family, tasks = model.init_net, dm.family, dm.val_tasks
-    protocol = Protocol.of(dm.hparams, ks, 5, (seed,))
+    protocol = Protocol.of(dm.hparams, ks, 5, (seed,), budget)
     params = {k: v.detach() for k, v in net.named_parameters()}
     n = len(tasks)
     generator = make_generator(seed, 7919)
@@ -99,9 +99,12 @@ def main() -> None:
                         help="under docs/results/, the table between the <!-- NAME.md --> markers is rewritten too")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS),
                         help="inner steps to measure (the first is the reference for 'greedy actions changed')")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="support env steps per task (default: each checkpoint's data.adapt_budget)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [row for entry in args.checkpoints for row in diagnose(*entry.split("=", 1), ks=tuple(args.ks))]
+    rows = [row for entry in args.checkpoints
+            for row in diagnose(*entry.split("=", 1), ks=tuple(args.ks), budget=args.budget)]
     write_csv(Path(args.out + ".csv"), COLUMNS, rows)
     lines = ["| checkpoint | K | support TD loss | mean Q(s,a) - target | greedy actions changed | "
              "median action gap (K = 0) | lr x mean feature norm^2 | greedy return |", "|---" * 8 + "|"]
