@@ -7,7 +7,8 @@ Q(s, a) - target on the taken actions (> 0: the init's values sit above their ow
 taken actions' values); the fraction of support states whose greedy action differs from K = 0's; the median action
 gap (best minus second best Q) at K = 0; for head-only adaptation, inner lr x mean |features|^2 (the curvature of a
 head step: above 2 a step overshoots the TD targets it fits, on a squared loss); and the greedy return of the
-adapted network (5 episodes). Writes NAME.{csv,md,png} and, for the default NAME, the README's table.
+adapted network (5 episodes). Writes NAME.{csv,md,png} and, for an --out under docs/results/, the table
+between its <!-- NAME.md --> markers in the README or docs/.
 
     .venv/bin/python benchmarks/inner_step_diagnosis.py NAME=PATH/TO.ckpt[@LR|@sgdLR|@ridgeLAMBDA] ... \\
         [--out docs/results/NAME] \\
