@@ -148,18 +148,14 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
         assert trained[0][key] == small[0][key]
     assert abs(float(trained[0]["step_curvature"]) / float(small[0]["step_curvature"]) - 50.0) < 1e-3
     assert (tmp_path / "diag.png").stat().st_size > 10_000
-    out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}", "--ks", "0", "3",
-                          "7", "--out", str(tmp_path / "sweep")], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    sweep = list(csv.DictReader(open(tmp_path / "sweep.csv")))
-    assert [r["k"] for r in sweep] == ["0", "3", "7"]
-    assert sweep[1]["support_td_loss"] == trained[2]["support_td_loss"]  # K = 3 is K = 3, whatever else is asked
-    out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}", "--ks", "0",
-                          "--budget", "7", "--out", str(tmp_path / "budget")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (small_support,) = csv.DictReader(open(tmp_path / "budget.csv"))  # 7 support steps instead of the trained budget
-    assert small_support["action_gap_k0"] != trained[0]["action_gap_k0"]
+    from inner_step_diagnosis import diagnose  # in this process (no second Lightning import): --ks and --budget
+
+    sweep = diagnose("trained", str(ckpt), ks=(0, 3, 7))
+    assert [r["k"] for r in sweep] == [0, 3, 7]
+    assert sweep[1]["support_td_loss"] == float(trained[2]["support_td_loss"])  # K = 3 is K = 3, whatever else is asked
+    assert sweep[0]["action_gap_k0"] == float(trained[0]["action_gap_k0"])
+    (small_support,) = diagnose("trained", str(ckpt), ks=(0,), budget=7)  # 7 support steps, not the trained 20
+    assert small_support["action_gap_k0"] != sweep[0]["action_gap_k0"]
     # val_noise.py on the same checkpoint: sigma 0 is the unperturbed return, bitwise, in every draw
     out = subprocess.run([sys.executable, "benchmarks/val_noise.py", f"trained={ckpt}", "--k", "1", "--sigmas", "0",
                           "0.05", "--draws", "2", "--out", str(tmp_path / "noise")], cwd=ROOT, capture_output=True,
