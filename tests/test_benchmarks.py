@@ -136,7 +136,8 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.ckpt"
     out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}",
-                          f"small={ckpt}@0.001", f"sgd={ckpt}@sgd0.001", "--out", str(tmp_path / "diag")],
+                          f"small={ckpt}@0.001", f"sgd={ckpt}@sgd0.001", "--ks", "0", "1", "3", "--budget", "20",
+                          "--out", str(tmp_path / "diag")],  # the trained budget, given: as if not given (below)
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "diag.csv")))
