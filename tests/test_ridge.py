@@ -9,7 +9,7 @@ from conftest import SMALL_DATA, refused
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation
-from mamldqn_pl.meta.ridge import refresh_fields, refreshed_targets, ridge_meta_losses, ridge_step
+from mamldqn_pl.meta.ridge import refresh_fields, refreshed_targets, ridge_heads, ridge_meta_losses
 from mamldqn_pl.meta.td import bootstrap_parts, td_target_of
 
 T, N, M, F, A = 5, 24, 16, 6, 3
@@ -57,6 +57,11 @@ def support_and_query(seed: int = 0, dtype=torch.float64):
     return support, query, head
 
 
+def ridge_step(w, b, x, actions, target, lam):
+    """One ridge step of the heads on rows x (what `ridge_heads` takes first)."""
+    return ridge_heads(w, b, {"x": x, "actions": actions, "target": target}, lam, 1)[1]
+
+
 def test_ridge_step_is_each_actions_proximal_least_squares_fit():
     support, _, (w, b) = support_and_query()
     w, b = w.expand(T, A, F), b.expand(T, A)
@@ -74,10 +79,8 @@ def test_ridge_step_is_each_actions_proximal_least_squares_fit():
 
 def test_later_steps_bootstrap_from_the_head_reached():
     support, _, (w, b) = support_and_query(1)
-    inner = InnerLoop(lr=0.05, steps=2, solver="ridge", ridge_lambda=0.5)
     w, b = w.expand(T, A, F).clone(), b.expand(T, A).clone()
-    first = inner.linear_head_step({"head.weight": w, "head.bias": b}, support, 0)
-    second = inner.linear_head_step(first, support, 1)
+    first, second = ({"head.weight": hw, "head.bias": hb} for hw, hb in ridge_heads(w, b, support, 0.5, 2)[1:])
     q_next = torch.baddbmm(first["head.bias"].unsqueeze(1), support["x_next"], first["head.weight"].transpose(1, 2))
     target = support["ret"] + support["discount"] * q_next.max(-1).values
     ref = reference_step(first["head.weight"], first["head.bias"], support["x"], support["actions"], target, 0.5)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mamldqn_pl.meta.head import linear_head_meta_losses, taken_q, td_derivatives
 from mamldqn_pl.meta.qnet import FastWeights, QFn
-from mamldqn_pl.meta.ridge import refreshed_targets, ridge_heads, ridge_meta_losses, ridge_step
+from mamldqn_pl.meta.ridge import ridge_heads, ridge_meta_losses
 from mamldqn_pl.meta.td import pointwise_td_loss
 
 Batch = dict[str, Tensor]
@@ -93,12 +93,10 @@ class InnerLoop:
         [m, A, F] and head.bias [m, A], batch x [m, N, F]. The TD loss's gradient is written out with
         `meta.head`'s pieces (Huber: clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals
         `step` under vmap (tested). For evaluation and collection, where no meta-gradient flows through the inner
-        loop. With the ridge solver: ridge step k (`meta.ridge`), its targets refreshed from the head after k > 0."""
-        w, b = fast["head.weight"], fast["head.bias"]
+        loop. SGD steps only: ridge steps go through `meta.ridge.ridge_heads` (K steps on one factorisation)."""
         if self.ridge:
-            target = batch["target"] if k == 0 else refreshed_targets(w, b, batch)
-            w, b = ridge_step(w, b, batch["x"], batch["actions"], target, self.ridge_lambda)
-            return {"head.weight": w, "head.bias": b}
+            raise ValueError("linear_head_step takes SGD steps; ridge steps are meta.ridge.ridge_heads")
+        w, b = fast["head.weight"], fast["head.bias"]
         x, target = batch["x"], batch["target"]
         onehot = torch.nn.functional.one_hot(batch["actions"], w.shape[1]).to(x.dtype)
         error = taken_q(x, w, b, onehot) - target

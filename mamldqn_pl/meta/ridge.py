@@ -68,11 +68,6 @@ def ridge_solve(system: tuple[Tensor, ...], w: Tensor, b: Tensor, target: Tensor
     return new[..., :-1], new[..., -1]
 
 
-def ridge_step(w: Tensor, b: Tensor, x: Tensor, actions: Tensor, target: Tensor, lam: float) -> tuple[Tensor, Tensor]:
-    """One exact proximal least-squares step of every task's head on its rows (each action's own fit)."""
-    return ridge_solve(ridge_system(x, actions, w.shape[1], lam), w, b, target)
-
-
 def refreshed_targets(w: Tensor, b: Tensor, support: dict[str, Tensor]) -> Tensor:
     """The support's TD targets bootstrapped from the heads (w, b) at the next states; no gradient."""
     missing = [k for k in REFRESH_KEYS if k not in support]
