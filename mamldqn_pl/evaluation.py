@@ -94,9 +94,7 @@ def greedy_returns(net: QNetwork, params: FastWeights, fast: FastWeights, env, e
 
 def collect(collector: Collector, q_fn, steps: int, epsilon: float) -> None:
     """`steps` epsilon-greedy env steps in every slot of the collector's env."""
-    everyone = np.arange(len(collector.env))
-    for _ in range(steps):
-        collector.step(everyone, q_fn, epsilon)
+    collector.run(np.arange(len(collector.env)), q_fn, [epsilon] * steps)
 
 
 def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.ndarray, n_actions: int, q_target,

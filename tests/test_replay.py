@@ -117,3 +117,26 @@ def test_add_writes_what_plain_torch_indexing_writes(keep_first):
             fast.load_state_dict(fast.state_dict())
     for name, value in ref.state_dict().items():
         assert torch.equal(fast.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("keep_first", [0, 3])
+def test_add_steps_writes_what_that_many_single_adds_write(keep_first):
+    """Blocks of 1 to 12 steps (the ring holds 9 - keep_first: the longer blocks overwrite their own first
+    transitions and take the step-by-step path) for random task subsets, from every ring position, through
+    clears: every field, stamp and counter equal to one plain add per step."""
+    g = make_generator(8)
+    fast, ref = (ReplayBuffers(n_tasks=5, capacity=9, obs_dim=3, keep_first=keep_first, n_step=2) for _ in range(2))
+    for block in range(40):
+        tasks = torch.randperm(5, generator=g)[: 1 + block % 5]
+        n, steps = len(tasks), 1 + (block * 7) % 12
+        fields = (torch.randn(steps, n, 3, generator=g), torch.randint(3, (steps, n), generator=g),
+                  torch.randn(steps, n, generator=g), torch.randn(steps, n, 3, generator=g),
+                  torch.rand(steps, n, generator=g) < 0.3, torch.rand(steps, n, generator=g) < 0.4)
+        fast.add_steps(tasks.numpy(), *(f.numpy() for f in fields))
+        for j in range(steps):
+            reference_add(ref, tasks, *(f[j] for f in fields))
+        if block == 20:
+            for b in (fast, ref):
+                b.clear(torch.tensor([0, 2]))
+    for name, value in ref.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], value), name

@@ -67,8 +67,8 @@ def test_adapted_collection_acts_with_each_tasks_adapted_weights_and_never_write
 
     dm.attach_policy(model.q_values, lambda: 0.0, recording)  # epsilon 0: the greedy actions are stored
     dm.next_batch()  # warm start, then the first collection
-    calls, step = [], dm.collector.step
-    dm.collector.step = lambda slots, q, eps: (calls.append((slots.copy(), q)), step(slots, q, eps))
+    calls, run = [], dm.collector.run
+    dm.collector.run = lambda slots, q, eps: (calls.append((slots.copy(), q)), run(slots, q, eps))
     for _ in range(20):  # until a draw holds both kinds of task
         calls.clear()
         before = {k: v.clone() for k, v in model.state_dict().items()}

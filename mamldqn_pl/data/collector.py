@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,12 @@ def masked_argmax(q: Tensor, counts: Tensor | None) -> Tensor:
     return q.masked_fill(~valid_actions(counts.to(q.device), q.shape[-1]), float("-inf")).argmax(dim=-1)
 
 
-def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator, counts: Tensor | None = None) -> Tensor:
-    """Greedy actions, each replaced by a uniform random valid action with probability epsilon."""
-    n, n_actions = q.shape
+def epsilon_greedy(q: Tensor | None, epsilon: float, generator: torch.Generator, counts: Tensor | None = None,
+                   shape: tuple[int, int] | None = None) -> Tensor:
+    """Greedy actions, each replaced by a uniform random valid action with probability epsilon. At epsilon >= 1
+    no action is greedy and `q` may be None (then `shape` gives (n, n_actions)): the draws, and so the actions,
+    are the same either way."""
+    n, n_actions = q.shape if q is not None else shape
     explore = torch.rand(n, generator=generator) < epsilon
     if counts is None or bool((counts == n_actions).all()):
         random_actions = torch.randint(n_actions, (n,), generator=generator)
@@ -60,27 +63,41 @@ class Collector:
         self.running_return[slots] = 0.0
         self.env_steps[slots] = 0
 
-    @torch.no_grad()
     def step(self, slots: np.ndarray, q_values: QValues, epsilon: float) -> None:
-        """One env step in each of `slots` (distinct) with epsilon-greedy actions on q_values. The counters are
-        updated through NumPy views: a warm start takes hundreds of these steps one after the other."""
-        obs = torch.from_numpy(self.env.obs[slots])
-        counts = torch.from_numpy(self.env.action_counts[slots])
-        # at epsilon 1 (a support played at random) no action is greedy: skip the forward pass; the random draws,
-        # and so the actions, are the same either way
-        q = q_values(obs) if epsilon < 1.0 else torch.zeros(len(slots), self.env.n_actions)
-        actions = epsilon_greedy(q, epsilon, self.generator, counts)
-        next_obs, reward, terminated, truncated = self.env.step(actions.numpy(), slots)
-        done = terminated | truncated
-        self.buffers.add(torch.as_tensor(slots), obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
-                         torch.from_numpy(terminated), torch.from_numpy(done))
-        self.env_steps.numpy()[slots] += 1
-        running = self.running_return.numpy()
-        running[slots] += reward.astype(np.float64)
-        if done.any():
-            ended = slots[done]
-            self.finished_returns.extend(running[ended].tolist())
-            running[ended] = 0.0
+        """One env step in each of `slots` (distinct) with epsilon-greedy actions on q_values."""
+        self.run(slots, q_values, [epsilon])
+
+    @torch.no_grad()
+    def run(self, slots: np.ndarray, q_values: QValues, epsilons: Sequence[float]) -> None:
+        """len(epsilons) env steps in each of `slots` (distinct), step j epsilon-greedy at epsilons[j]: the same
+        transitions, draws and counters as that many `step` calls. Why one call: a warm start takes hundreds of
+        steps of one or two slots one after the other, each a few dozen small NumPy and torch calls; here their
+        buffer writes go in one block at the end (nothing reads the buffers in between) and every counter is a
+        NumPy view. At epsilon 1 (a support played at random) no action is greedy: the forward pass is skipped."""
+        n = len(slots)
+        if n == 0 or not len(epsilons):
+            return
+        counts_np = self.env.action_counts[slots]
+        counts = None if bool((counts_np == self.env.n_actions).all()) else torch.from_numpy(counts_np)
+        shape = (n, self.env.n_actions)
+        running, finished = self.running_return.numpy(), self.finished_returns
+        fields: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated",
+                                                               "ended")}
+        for epsilon in epsilons:
+            obs = self.env.obs[slots]
+            q = q_values(torch.from_numpy(obs)) if epsilon < 1.0 else None
+            actions = epsilon_greedy(q, epsilon, self.generator, counts, shape).numpy()
+            next_obs, reward, terminated, truncated = self.env.step(actions, slots)
+            done = terminated | truncated
+            for name, value in zip(fields, (obs, actions, reward, next_obs, terminated, done)):
+                fields[name].append(value)
+            running[slots] += reward.astype(np.float64)
+            if done.any():
+                ended = slots[done]
+                finished.extend(running[ended].tolist())
+                running[ended] = 0.0
+        self.buffers.add_steps(slots, **{name: np.stack(values) for name, values in fields.items()})
+        self.env_steps.numpy()[slots] += len(epsilons)
 
     def pop_finished_returns(self) -> list[float]:
         out, self.finished_returns = self.finished_returns, []

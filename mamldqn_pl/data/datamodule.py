@@ -276,10 +276,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         """New tasks, like at meta-test: adapt_budget steps of the init at epsilon_adapt, then top up."""
         hp = self.hparams
         self.collector.restart(slots)
-        for _ in range(hp.adapt_budget):
-            self.collector.step(slots, q_values, hp.epsilon_adapt)
-        for _ in range(hp.learning_starts - hp.adapt_budget):
-            self.collector.step(slots, q_values, epsilon)
+        self.collector.run(slots, q_values,
+                           [hp.epsilon_adapt] * hp.adapt_budget + [epsilon] * (hp.learning_starts - hp.adapt_budget))
         self.warm[slots] = True
 
     def _retire(self) -> None:
@@ -326,9 +324,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
                 parts = [adapted(obs[:n_adapted])] + ([theta(obs[n_adapted:])] if n_adapted < len(obs) else [])
                 return torch.cat(parts)
 
-        slots = tasks.numpy()
-        for _ in range(hp.collect_steps):
-            self.collector.step(slots, q_values, epsilon)
+        self.collector.run(tasks.numpy(), q_values, [epsilon] * hp.collect_steps)
 
     def next_batch(self) -> dict:
         """This meta-step's batch: collected now with the current policy ("current"), or the one collected

@@ -65,6 +65,36 @@ class ReplayBuffers:
         size = self.size.numpy()
         size[t] = np.minimum(size[t] + 1, self.capacity)
 
+    def add_steps(self, tasks: np.ndarray, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                  next_obs: np.ndarray, terminated: np.ndarray, ended: np.ndarray) -> None:
+        """S transitions to each of the (distinct) buffers `tasks` [n], fields shaped [S, n, ...] in the order they
+        happened: what S `add` calls write, in one write per field. A block longer than a ring (it would overwrite
+        its own transitions) goes through `add` one step at a time."""
+        steps = len(obs)
+        if steps > self.capacity - self.keep_first:
+            for j in range(steps):
+                self.add(torch.from_numpy(tasks), *(torch.from_numpy(f[j]) for f in (
+                    obs, actions, rewards, next_obs, terminated, ended)))
+            return
+        t = np.asarray(tasks)
+        start = self.pos.numpy()[t]
+        offset = start + np.arange(steps)[:, None]  # [S, n]: where step j lands, before the ring wraps
+        ring = self.capacity - self.keep_first
+        pos = np.where(offset >= self.capacity, self.keep_first + (offset - self.capacity) % ring, offset)
+        self.obs.numpy()[t, pos] = obs
+        self.actions.numpy()[t, pos] = actions
+        self.rewards.numpy()[t, pos] = rewards
+        self.next_obs.numpy()[t, pos] = next_obs
+        self.terminated.numpy()[t, pos] = terminated.astype(np.float32)
+        self.ended.numpy()[t, pos] = ended
+        writes = self.writes.numpy()
+        self.stamp.numpy()[t, pos] = writes[t] + np.arange(steps)[:, None]
+        writes[t] += steps
+        end = start + steps
+        self.pos.numpy()[t] = np.where(end >= self.capacity, self.keep_first + (end - self.capacity) % ring, end)
+        size = self.size.numpy()
+        size[t] = np.minimum(size[t] + steps, self.capacity)
+
     def clear(self, tasks: Tensor) -> None:
         """Empty the buffers `tasks` (a task was replaced by a new one)."""
         self.pos[tasks] = 0
