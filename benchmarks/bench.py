@@ -193,8 +193,10 @@ def bench_fast_paths(repeats: int) -> None:
             batch = random_batch(n_tasks)
             ref, fast = meta_grads(model, batch, False), meta_grads(model, batch, True)
             err = max(((a - b).norm() / b.norm()).item() for a, b in zip(fast, ref))
-            opt = torch.optim.Adam(model.net.parameters(), lr=1e-3)
-            calls = [partial(bare_step, model, batch, opt, written_out) for written_out in (False, True)]
+            # the reference: the step as it was, with torch's default single-tensor Adam on the CPU; ours: the
+            # module's own optimiser (configure_optimizers: the same Adam, multi-tensor, bitwise equal)
+            opts = (torch.optim.Adam(model.net.parameters(), lr=1e-3, foreach=False), model.configure_optimizers())
+            calls = [partial(bare_step, model, batch, opt, fast) for opt, fast in zip(opts, (False, True))]
             calls += [partial(floor_pass, model, batch)] if adapt == "head" else []
             times = paired_medians(calls, repeats)
             order = "first" if first_order else "second"
@@ -241,7 +243,7 @@ def bench_fit_vs_bare(steps: int, n_bare: int = 100) -> None:
         cli, fit_rate, typical_rate = timed_fit(steps, f"{tmp}/current")
         model, dm = cli.model, cli.datamodule
         batches = [dm.next_batch() for _ in range(n_bare)]
-        opt = torch.optim.Adam(model.net.parameters(), lr=model.hparams.meta_lr)
+        opt = model.configure_optimizers()  # the fit's own optimiser
 
         def bare():
             for batch in batches:

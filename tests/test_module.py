@@ -128,3 +128,22 @@ def test_retire_every_replaces_tasks_only_at_its_checks_and_warm_starts_them_tog
     assert any(past for b, past, _ in checks if b % 4)  # between checks, tasks past the limit stay
     assert len(warm_starts) == 1 + len(replacing)  # the first fill, then one batched warm start per check
     assert any(len(slots) > 1 for slots in warm_starts[1:])  # tasks retired together start together
+
+
+def test_the_meta_optimiser_steps_as_torchs_single_tensor_adam_bitwise():
+    """configure_optimizers' Adam is the multi-tensor (foreach) form: the parameters it reaches over 50 steps of
+    the same gradients equal those of torch's default single-tensor Adam on the CPU, bitwise."""
+    torch.manual_seed(0)
+    model = MAMLDQN(hidden=[16, 16], adam_eps=1e-6)
+    opt = model.configure_optimizers()
+    assert opt.defaults["foreach"] is True
+    ref_params = [p.detach().clone().requires_grad_() for p in model.net.parameters()]
+    ref = torch.optim.Adam(ref_params, lr=model.hparams.meta_lr, eps=1e-6, foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        for p, q in zip(model.net.parameters(), ref_params):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.net.parameters(), ref_params))
