@@ -14,7 +14,25 @@ from conftest import ROOT, TINY
 sys.path.insert(0, str(ROOT / "benchmarks"))  # runs, same_run: imported by tests below
 
 
-def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
+def script(name: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """`python benchmarks/NAME.py ARGS` as its main() in this process (a subprocess would spend most of a small
+    run importing Lightning): the exit code, stdout and stderr. A SystemExit message goes to stderr with code
+    1, as Python does it for a script."""
+    module = __import__(name)
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{name}.py", *args])
+    monkeypatch.chdir(ROOT)
+    code = 0
+    try:
+        module.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) or exit_.code is None else 1
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    out = capsys.readouterr()
+    return code or 0, out.out, out.err
+
+
+def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path, monkeypatch, capsys):
     extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"  # TINY without its --config
     out = subprocess.run([sys.executable, "benchmarks/seeds.py", "--ablation", "--variants", "default",
                           "no_adapted_collection", "--seeds", "0", "1", "--runs", str(tmp_path / "runs"),
@@ -37,11 +55,10 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path):
     assert len(profile) == 2 * 2 * 9 and {r["k"] for r in profile} == {str(k) for k in range(9)}
     assert "| default (2 seeds) |" in (tmp_path / "out" / "ablation.md").read_text()
     # the validation-only screen of the same runs (one variant given as a reference from the same folder)
-    out = subprocess.run([sys.executable, "benchmarks/val_screen.py", "--runs", str(tmp_path / "runs"), "--variants",
-                          "no_adapted_collection", "--reference", str(tmp_path / "runs"), "default", "--name",
-                          "screen", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, _, err = script("val_screen", ["--runs", str(tmp_path / "runs"), "--variants", "no_adapted_collection",
+                                         "--reference", str(tmp_path / "runs"), "default", "--name", "screen", "--out",
+                                         str(tmp_path / "out")], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
     screen = list(csv.DictReader(open(tmp_path / "out" / "screen.csv")))
     other = "no_adapted_collection"
     assert [(r["variant"], r["seed"]) for r in screen] == [("default", "0"), ("default", "1"), (other, "0"),
@@ -107,13 +124,24 @@ ON_WORKTREES = pytest.mark.xdist_group("worktrees")
 
 
 @ON_WORKTREES
+def test_a_grouped_test_carries_its_group_under_make_tests_loadgroup(request):
+    """`make test` runs pytest-xdist with --dist loadgroup: a grouped test's node id carries its group, which is
+    what keeps the group on one worker and a module-scoped run made once (lost silently with pytest 9.2 and
+    pytest-xdist 3.8: pyproject.toml pins pytest below it)."""
+    if not request.config.getoption("loadgroup", False):
+        pytest.skip("not under pytest-xdist's --dist loadgroup")
+    assert request.node.nodeid.endswith("@worktrees"), request.node.nodeid
+
+
+@ON_WORKTREES
 def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
+    own_tmp = tmp_path / "tmp"  # its temporary folders, the baseline's worktree among them, land here
+    own_tmp.mkdir()
     out = subprocess.run([sys.executable, "benchmarks/make_run_speed.py", "--baseline", "HEAD", "--steps", "10",
                           "--out", str(tmp_path), "--keep", str(tmp_path / "kept"), "--sequential",
                           "--extra-args", "--data.collection process --trainer.accelerator cpu",
-                          "--common-args", SMALL_PROTOCOL], cwd=ROOT,
-                         capture_output=True,
-                         text=True, timeout=600)
+                          "--common-args", SMALL_PROTOCOL], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TMPDIR": str(own_tmp)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kept" / "adaptation.csv").is_file() and (tmp_path / "kept" / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader(open(tmp_path / "make_run_speed.csv")))
@@ -125,21 +153,22 @@ def test_make_run_speed_times_both_trees_and_reads_their_reports(tmp_path):
     assert rows[0]["ratio_to_baseline"] == "1.0" and float(rows[1]["ratio_to_baseline"]) > 0
     assert all(float(r["fit_s"]) > 0 and float(r["test_s"]) > 0 for r in rows)
     assert all(float(r["k5_ci_low"]) <= float(r["k5_mean"]) <= float(r["k5_ci_high"]) for r in rows)
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert len(worktrees.strip().splitlines()) == 1  # the baseline's worktree is gone again
+    worktrees = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.splitlines()
+    # the baseline's worktree is gone again (another test's, same_run's, may exist meanwhile: not under own_tmp)
+    assert not [w for w in worktrees if w.startswith("worktree ") and str(own_tmp) in w], worktrees
 
 
-def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
+def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path, monkeypatch, capsys):
+    """The scripts run in this process (`script`); the fit through the CLI's entry point."""
+    from mamldqn_pl.cli import main
     run = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", *TINY, "--trainer.max_steps", "20",
-                          "--run_dir", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    main(["fit", *TINY, "--trainer.max_steps", "20", "--run_dir", str(run)])
     ckpt = run / "checkpoints" / "last.ckpt"
-    out = subprocess.run([sys.executable, "benchmarks/inner_step_diagnosis.py", f"trained={ckpt}",
-                          f"small={ckpt}@0.001", f"sgd={ckpt}@sgd0.001", "--ks", "0", "1", "3", "--budget", "20",
-                          "--out", str(tmp_path / "diag")],  # the trained budget, given: as if not given (below)
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, _, err = script("inner_step_diagnosis", [
+        f"trained={ckpt}", f"small={ckpt}@0.001", f"sgd={ckpt}@sgd0.001", "--ks", "0", "1", "3", "--budget", "20",
+        "--out", str(tmp_path / "diag")], monkeypatch, capsys)  # the trained budget, given: as if not given (below)
+    assert code == 0, err[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "diag.csv")))
     assert [(r["name"], r["k"]) for r in rows] == [(n, k) for n in ("trained", "small", "sgd") for k in ("0", "1", "3")]
     trained, small = rows[:3], rows[3:6]
@@ -158,21 +187,18 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
     (small_support,) = diagnose("trained", str(ckpt), ks=(0,), budget=7)  # 7 support steps, not the trained 20
     assert small_support["action_gap_k0"] != sweep[0]["action_gap_k0"]
     # val_noise.py on the same checkpoint: sigma 0 is the unperturbed return, bitwise, in every draw
-    out = subprocess.run([sys.executable, "benchmarks/val_noise.py", f"trained={ckpt}", "--k", "1", "--sigmas", "0",
-                          "0.05", "--draws", "2", "--out", str(tmp_path / "noise")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, _, err = script("val_noise", [f"trained={ckpt}", "--k", "1", "--sigmas", "0", "0.05", "--draws", "2",
+                                        "--out", str(tmp_path / "noise")], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
     zero, noisy = list(csv.DictReader(open(tmp_path / "noise.csv")))
     assert zero["std"] == "0.0" and zero["mean"] == zero["unperturbed"] == zero["min"] == zero["max"]
     assert float(noisy["min"]) <= float(noisy["mean"]) <= float(noisy["max"]) and noisy["draws"] == "2"
-    bad = subprocess.run([sys.executable, "benchmarks/val_noise.py", "no_label.ckpt"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
-    assert bad.returncode != 0 and "give LABEL=PATH" in bad.stderr
+    code, _, err = script("val_noise", ["no_label.ckpt"], monkeypatch, capsys)
+    assert code != 0 and "give LABEL=PATH" in err
     # failure_modes.py: the same validation return, and every early end has a cause (CartPole ends on no other)
-    out = subprocess.run([sys.executable, "benchmarks/failure_modes.py", f"trained={ckpt}", "--k", "1",
-                          "--targets-from", f"itself={ckpt}", "--out", str(tmp_path / "failures")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, _, err = script("failure_modes", [f"trained={ckpt}", "--k", "1", "--targets-from", f"itself={ckpt}",
+                                            "--out", str(tmp_path / "failures")], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
     row, itself = csv.DictReader(open(tmp_path / "failures.csv"))
     assert (row["targets_from"], itself["targets_from"]) == ("trained", "itself")
     assert {k: v for k, v in row.items() if k != "targets_from"} == {k: v for k, v in itself.items()
@@ -181,9 +207,8 @@ def test_inner_step_diagnosis_measures_each_k_and_rate(tmp_path):
     assert 0 < int(row["ended_early"]) <= int(row["episodes"])  # a 40-step run's policies do not last 500 steps
     assert float(row["cart_off_track"]) + float(row["pole_fallen"]) >= 1.0
     assert float(row["v_left"]) != float(row["v_right"])
-    bad = subprocess.run([sys.executable, "benchmarks/failure_modes.py", f"trained={tmp_path / 'missing.ckpt'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "missing.ckpt" in bad.stderr and "Traceback" not in bad.stderr
+    code, _, err = script("failure_modes", [f"trained={tmp_path / 'missing.ckpt'}"], monkeypatch, capsys)
+    assert code != 0 and "missing.ckpt" in err and "Traceback" not in err
 
 
 def test_pool_composition_replays_the_task_stream_and_writes_the_shares(tmp_path):
@@ -204,32 +229,31 @@ def test_pool_composition_replays_the_task_stream_and_writes_the_shares(tmp_path
     assert len({r["pool_flipped"] for r in rows}) > 1  # tasks retire and the pool changes
 
 
-def test_theta_trace_leaves_the_run_bitwise_and_val_noise_reads_its_moves(tmp_path):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
+def test_theta_trace_leaves_the_run_bitwise_and_val_noise_reads_its_moves(tmp_path, monkeypatch, capsys):
+    """The fits through the CLI's entry point in this process (benchmarks/ is on sys.path: theta_trace imports),
+    val_noise.py as `script`."""
+    from mamldqn_pl.cli import main
+
     runs = {}
     for name, extra in (("plain", []), ("traced", ["--trainer.callbacks+=theta_trace.ThetaTrace",
                                                    "--trainer.callbacks.path", str(tmp_path / "traced/theta_trace.pt"),
                                                    "--trainer.callbacks.every_n_steps", "10"])):
-        out = subprocess.run([sys.executable, "-m", "mamldqn_pl", "fit", *TINY, "--trainer.max_steps", "30",
-                              "--run_dir", str(tmp_path / name), *extra], cwd=ROOT, capture_output=True, text=True,
-                             timeout=600, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
+        main(["fit", *TINY, "--trainer.max_steps", "30", "--run_dir", str(tmp_path / name), *extra])
         runs[name] = torch.load(tmp_path / name / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(runs["plain"][k], runs["traced"][k]) for k in runs["plain"])
     trace = torch.load(tmp_path / "traced/theta_trace.pt", weights_only=True)
     assert sorted(trace) == [10, 20, 30]
     assert all(torch.equal(v, runs["traced"][f"net.{k}"]) for k, v in trace[30].items())
-    out = subprocess.run([sys.executable, "benchmarks/val_noise.py", "--trace", str(tmp_path / "traced"), "--draws",
-                          "2", "--out", str(tmp_path / "trace")], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, _, err = script("val_noise", ["--trace", str(tmp_path / "traced"), "--draws", "2", "--out",
+                                        str(tmp_path / "trace")], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
     (row,) = list(csv.DictReader(open(tmp_path / "trace.csv")))  # the final third of 30 steps: checks 20 -> 30
     assert (row["from_step"], row["to_step"]) == ("20", "30") and float(row["move"]) > 0
     assert abs(float(row["change"]) - (float(row["val_to"]) - float(row["val_from"]))) <= 0.11
     ckpt = tmp_path / "traced/checkpoints/last.ckpt"
-    out = subprocess.run([sys.executable, "benchmarks/val_noise.py", f"t={ckpt}", "--relative", "--fixed-support",
-                          "--sigmas", "0", "--draws", "2", "--k", "1", "--out", str(tmp_path / "rel")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code, _, err = script("val_noise", [f"t={ckpt}", "--relative", "--fixed-support", "--sigmas", "0", "--draws",
+                                        "2", "--k", "1", "--out", str(tmp_path / "rel")], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
     (zero,) = list(csv.DictReader(open(tmp_path / "rel.csv")))
     assert zero["std"] == "0.0" and zero["mean"] == zero["unperturbed"]
 
@@ -274,17 +298,15 @@ def test_a_run_folder_is_reused_only_by_the_settings_that_made_it(tmp_path):
         raise AssertionError("a run folder made with another seed was reused")
 
 
-def test_seeds_benchmark_refuses_a_config_for_the_ablation_or_a_missing_one_in_one_line():
+def test_seeds_benchmark_refuses_a_config_for_the_ablation_or_a_missing_one_in_one_line(monkeypatch, capsys):
     for args, message in ((["--ablation", "--config", "configs/cartpole.yaml"],
                            "--config configs/cartpole.yaml: the ablation variants are settings on "
                            "cartpole_init_support.yaml, so --config is allowed only without --ablation"),
                           (["--config", "configs/nope.yaml"],
                            "--config configs/nope.yaml: no such file (a config in configs/, e.g. "
                            "configs/cartpole.yaml)")):
-        out = subprocess.run([sys.executable, "benchmarks/seeds.py", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode != 0 and "Traceback" not in out.stderr
-        assert out.stderr.strip() == message
+        code, _, err = script("seeds", args, monkeypatch, capsys)
+        assert code != 0 and err.strip() == message
 
 
 def test_profile_step_lists_the_fast_steps_operators_per_step():
