@@ -27,7 +27,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = MAMLDQN(algorithm="maml", adapt="head", first_order=False, inner_steps=3)
     batch = random_batch(32)
-    opt = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+    opt = model.configure_optimizers()  # the module's own optimiser (multi-tensor Adam), as in `fit`
     for _ in range(max(args.steps, 5)):  # warm-up: the allocator's pools, the first calls' dispatch caches
         bare_step(model, batch, opt)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -309,6 +309,19 @@ def test_seeds_benchmark_refuses_a_config_for_the_ablation_or_a_missing_one_in_o
         assert code != 0 and err.strip() == message
 
 
+def test_bare_step_caches_times_stored_and_fresh_batches_each_round(monkeypatch, capsys):
+    code, out, err = script("bare_step_caches", ["--rounds", "2", "--batches", "2", "--fit-steps", "12"], monkeypatch,
+                            capsys)
+    assert code == 0, err[-3000:]
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:] for line in out.splitlines()
+            if line.startswith("| stored") or line.startswith("| fresh")}
+    assert set(rows) == {"stored", "fresh", "fresh - stored"}
+    stored, fresh = ([float(v) for v in rows[k][0].split()] for k in ("stored", "fresh"))
+    assert len(stored) == len(fresh) == 2 and min(stored + fresh) > 0  # one figure per round, each a time
+    diffs = [float(v) for v in rows["fresh - stored"][0].split()]
+    assert all(abs(d - (f - s)) < 0.151 for d, s, f in zip(diffs, stored, fresh))  # three roundings of 0.05
+
+
 def test_profile_step_lists_the_fast_steps_operators_per_step():
     out = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--steps", "2", "--rows", "40"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
