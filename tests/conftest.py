@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +57,23 @@ SMALL_DATA = dict(pool_size=8, tasks_per_batch=4, collect_steps=2, support_size=
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+def reference_step(c, slots: np.ndarray, q_values, epsilon: float) -> None:
+    """One env step of Collector `c` as Collector.step took it before `Collector.run` (plain torch, one buffer
+    write per step, values asked for at any epsilon): the reference the collector's shortcuts are checked against."""
+    from mamldqn_pl.data.collector import epsilon_greedy
+
+    obs = torch.from_numpy(c.env.obs[slots])
+    counts = torch.from_numpy(c.env.action_counts[slots])
+    actions = epsilon_greedy(q_values(obs), epsilon, c.generator, counts)
+    next_obs, reward, terminated, truncated = c.env.step(actions.numpy(), slots)
+    done = terminated | truncated
+    c.buffers.add(torch.as_tensor(slots), obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
+                  torch.from_numpy(terminated), torch.from_numpy(done))
+    c.env_steps[slots] += 1
+    c.running_return[slots] += torch.from_numpy(reward).double()
+    if done.any():
+        ended = slots[done]
+        c.finished_returns.extend(c.running_return[ended].tolist())
+        c.running_return[ended] = 0.0

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import reference_step
 
-from mamldqn_pl.data import Collector, ReplayBuffers, epsilon_greedy
+from mamldqn_pl.data import Collector, ReplayBuffers
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import make_family
 
@@ -12,23 +13,6 @@ FAMILIES = {
     "cartpole": {"family": "cartpole"},
     "mixed": {"family": "mixed", "members": [{"family": "cartpole", "flip": False}, {"family": "mountaincar"}]},
 }
-
-
-def reference_step(c: Collector, slots: np.ndarray, q_values, epsilon: float) -> None:
-    """One env step as Collector.step took it before `run` (plain torch, one buffer write per step)."""
-    obs = torch.from_numpy(c.env.obs[slots])
-    counts = torch.from_numpy(c.env.action_counts[slots])
-    actions = epsilon_greedy(q_values(obs), epsilon, c.generator, counts)
-    next_obs, reward, terminated, truncated = c.env.step(actions.numpy(), slots)
-    done = terminated | truncated
-    c.buffers.add(torch.as_tensor(slots), obs, actions, torch.from_numpy(reward), torch.from_numpy(next_obs),
-                  torch.from_numpy(terminated), torch.from_numpy(done))
-    c.env_steps[slots] += 1
-    c.running_return[slots] += torch.from_numpy(reward).double()
-    if done.any():
-        ended = slots[done]
-        c.finished_returns.extend(c.running_return[ended].tolist())
-        c.running_return[ended] = 0.0
 
 
 def same(a, b) -> bool:

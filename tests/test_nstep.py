@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import reference_step
 
 from mamldqn_pl.data import ReplayBuffers
-from mamldqn_pl.data.collector import Collector, epsilon_greedy
+from mamldqn_pl.data.collector import Collector
 from mamldqn_pl.evaluation import collect, support_batch
 from mamldqn_pl.meta import QNetwork, split_for_adaptation, td_target, td_target_of
 from mamldqn_pl.seeding import make_generator
@@ -149,15 +150,8 @@ def test_at_epsilon_one_the_collector_plays_at_random_without_asking_for_values(
 
         collector = Collector(env, buffers, make_generator(2))
         if ask:  # the reference: epsilon_greedy on real values, as before the shortcut
-            def step(slots, q_values, epsilon, c=collector):
-                obs = torch.from_numpy(c.env.obs[slots])
-                actions = epsilon_greedy(q_values(obs), epsilon, c.generator)
-                next_obs, reward, terminated, truncated = c.env.step(actions.numpy(), slots)
-                c.buffers.add(torch.as_tensor(slots), obs, actions, torch.from_numpy(reward),
-                              torch.from_numpy(next_obs), torch.from_numpy(terminated),
-                              torch.from_numpy(terminated | truncated))
             for _ in range(80):
-                step(np.arange(3), values, 1.0)
+                reference_step(collector, np.arange(3), values, 1.0)
         else:
             collect(collector, values, 80, 1.0)
         filled.append(buffers.sequence())

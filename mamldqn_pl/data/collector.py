@@ -27,12 +27,9 @@ def masked_argmax(q: Tensor, counts: Tensor | None) -> Tensor:
     return q.masked_fill(~valid_actions(counts.to(q.device), q.shape[-1]), float("-inf")).argmax(dim=-1)
 
 
-def epsilon_greedy(q: Tensor | None, epsilon: float, generator: torch.Generator, counts: Tensor | None = None,
-                   shape: tuple[int, int] | None = None) -> Tensor:
-    """Greedy actions, each replaced by a uniform random valid action with probability epsilon. At epsilon >= 1
-    no action is greedy and `q` may be None (then `shape` gives (n, n_actions)): the draws, and so the actions,
-    are the same either way."""
-    n, n_actions = q.shape if q is not None else shape
+def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator, counts: Tensor | None = None) -> Tensor:
+    """Greedy actions, each replaced by a uniform random valid action with probability epsilon."""
+    n, n_actions = q.shape
     explore = torch.rand(n, generator=generator) < epsilon
     if counts is None or bool((counts == n_actions).all()):
         random_actions = torch.randint(n_actions, (n,), generator=generator)
@@ -79,14 +76,14 @@ class Collector:
             return
         counts_np = self.env.action_counts[slots]
         counts = None if bool((counts_np == self.env.n_actions).all()) else torch.from_numpy(counts_np)
-        shape = (n, self.env.n_actions)
+        no_values = torch.zeros(n, self.env.n_actions)  # at epsilon 1 the draws alone pick the actions
         running, finished = self.running_return.numpy(), self.finished_returns
         fields: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated",
                                                                "ended")}
         for epsilon in epsilons:
             obs = self.env.obs[slots]
-            q = q_values(torch.from_numpy(obs)) if epsilon < 1.0 else None
-            actions = epsilon_greedy(q, epsilon, self.generator, counts, shape).numpy()
+            q = q_values(torch.from_numpy(obs)) if epsilon < 1.0 else no_values
+            actions = epsilon_greedy(q, epsilon, self.generator, counts).numpy()
             next_obs, reward, terminated, truncated = self.env.step(actions, slots)
             done = terminated | truncated
             for name, value in zip(fields, (obs, actions, reward, next_obs, terminated, done)):

@@ -46,35 +46,22 @@ class ReplayBuffers:
     def add(self, tasks: Tensor, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor,
             terminated: Tensor, ended: Tensor | None = None) -> None:
         """Append one transition to each of the (distinct) buffers `tasks`; `ended`: the episode ended with
-        it (terminated or truncated; default: terminated), which stops n-step windows there.
-
-        Written through NumPy views of the (CPU) tensors: the same values, cast as torch casts them, at about
-        half the cost of torch's indexed writes here; a warm start calls this once per env step."""
-        t = tasks.numpy()
-        pos = self.pos.numpy()[t]
-        self.obs.numpy()[t, pos] = obs.numpy()
-        self.actions.numpy()[t, pos] = actions.numpy()
-        self.rewards.numpy()[t, pos] = rewards.numpy()
-        self.next_obs.numpy()[t, pos] = next_obs.numpy()
-        self.terminated.numpy()[t, pos] = terminated.float().numpy()
-        self.ended.numpy()[t, pos] = (terminated if ended is None else ended).bool().numpy()
-        writes = self.writes.numpy()
-        self.stamp.numpy()[t, pos] = writes[t]
-        writes[t] += 1
-        self.pos.numpy()[t] = np.where(pos + 1 >= self.capacity, self.keep_first, pos + 1)
-        size = self.size.numpy()
-        size[t] = np.minimum(size[t] + 1, self.capacity)
+        it (terminated or truncated; default: terminated), which stops n-step windows there. One step of
+        `add_steps`."""
+        ended = terminated if ended is None else ended
+        self.add_steps(tasks.numpy(), *(f.numpy()[None] for f in (obs, actions, rewards, next_obs, terminated,
+                                                                   ended.bool())))
 
     def add_steps(self, tasks: np.ndarray, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                   next_obs: np.ndarray, terminated: np.ndarray, ended: np.ndarray) -> None:
         """S transitions to each of the (distinct) buffers `tasks` [n], fields shaped [S, n, ...] in the order they
-        happened: what S `add` calls write, in one write per field. A block longer than a ring (it would overwrite
-        its own transitions) goes through `add` one step at a time."""
+        happened, written through NumPy views of the (CPU) tensors, one write per field (cast as torch casts them;
+        a warm start writes its hundreds of steps at once). A block longer than a ring (it would overwrite its own
+        transitions) goes one step at a time."""
         steps = len(obs)
         if steps > self.capacity - self.keep_first:
             for j in range(steps):
-                self.add(torch.from_numpy(tasks), *(torch.from_numpy(f[j]) for f in (
-                    obs, actions, rewards, next_obs, terminated, ended)))
+                self.add_steps(tasks, *(f[j:j + 1] for f in (obs, actions, rewards, next_obs, terminated, ended)))
             return
         t = np.asarray(tasks)
         start = self.pos.numpy()[t]
