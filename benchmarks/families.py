@@ -6,6 +6,8 @@ scratch fine-tuned with the same K and budget?
         --extra-args "--model.td_normalize true"                  # a variant of one config
     .venv/bin/python benchmarks/families.py --configs acrobot --variant nstep3_pre1 --extra-args "--data.n_step 3" \\
         --meta-extra-args "--model.pre_loss_weight 1.0"           # a flag for the meta-init's runs only
+    .venv/bin/python benchmarks/families.py --configs mountaincar_flip --variant from_mt \
+        --extra-args "--model.init_checkpoint RUNS/mt_s{seed}/checkpoints/last.ckpt"  # {seed}: the training seed
 
 For every config and training seed: `mamldqn fit` of the config (validation at K = 0, 1, 3, 5) and of the same
 config with `model.algorithm multitask` (same network, data, budget; it fine-tunes what the config adapts). K is
@@ -154,7 +156,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", default="", help="a name for --extra-args (rows read CONFIG+VARIANT)")
-    parser.add_argument("--extra-args", default="", help="more `mamldqn fit` flags for every run")
+    parser.add_argument("--extra-args", default="",
+                        help="more `mamldqn fit` flags for every run; {seed} becomes the run's training seed")
     parser.add_argument("--meta-extra-args", default="",
                         help="flags for the meta-init runs only (another algorithm: multitask stays the baseline)")
     parser.add_argument("--jobs", type=int, default=2)
@@ -178,8 +181,9 @@ def main() -> None:
 
     def fit(job: tuple[str, str, int]) -> None:
         config, init, seed = job
+        flags = [*extra, *(meta_extra if init == "meta-init" else [])]
         train(ROOT / "configs" / f"{config}.yaml", seed, runs_dir / run_name(config, args.variant, init, seed),
-              overrides=[*overrides(config, init), *extra, *(meta_extra if init == "meta-init" else [])])
+              overrides=[*overrides(config, init), *(f.replace("{seed}", str(seed)) for f in flags)])
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(fit, jobs))

@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
+from mamldqn_pl.checkpoints import init_weights
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.noise import relative_noise, step_seed
@@ -65,6 +66,10 @@ class MAMLDQN(pl.LightningModule):
         hidden: widths of the body's hidden layers.
         layer_norm: a LayerNorm without weights after each hidden layer (before its ReLU): features of fixed
             scale, so the head's inner step size cannot drift as theta trains.
+        init_checkpoint: a checkpoint whose initialisation (its theta, or its EMA) theta, theta^- and the EMA
+            start from when a fit begins (a resumed run keeps what it restored): e.g. a network
+            pretrained with algorithm multitask, whose own policy already reaches the goals that the meta-init's
+            data needs. Only the network: the optimiser, schedules, step count and Meta-SGD's rates start afresh.
         algorithm: maml, fomaml, anil (default), metasgd, reptile or multitask (see ALGORITHMS).
         adapt: which parameters the inner loop adapts, "head" or "all"; defaults to the algorithm's. For
             multitask it is what `test` fine-tunes.
@@ -121,6 +126,7 @@ class MAMLDQN(pl.LightningModule):
         obs_scale: list[float] | None = None,
         hidden: list[int] | None = None,
         layer_norm: bool = False,
+        init_checkpoint: str | None = None,
         algorithm: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "multitask"] = "anil",
         adapt: Literal["head", "all"] | None = None,
         first_order: bool | None = None,
@@ -220,6 +226,18 @@ class MAMLDQN(pl.LightningModule):
         self._run_seed = 0
 
     # ---- wiring -------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """model.init_checkpoint: load it before the first meta-step, and before the data module's warm start
+        (its first batch), so that the loaded network also collects the first data. Not on a resume: Lightning
+        has restored the run's own weights by now (its step count only later, hence trainer.ckpt_path)."""
+        path = self.hparams.get("init_checkpoint")
+        if not path or self.trainer.ckpt_path is not None:
+            return
+        weights = init_weights(path, self.net.state_dict())
+        with torch.no_grad():
+            for net in (self.net, self.target_net, *([self.ema.module] if self.ema is not None else [])):
+                net.load_state_dict(weights)
+
     def setup(self, stage: str) -> None:
         if self.hparams.num_threads:
             torch.set_num_threads(self.hparams.num_threads)
