@@ -73,7 +73,8 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path, monk
 
 def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path):
     # mountaincar_flip: a family with a flip (both groups) whose episodes end at 200 steps, not Acrobot's 500
-    extra = " ".join(TINY[2:]) + " --trainer.max_steps 20"
+    # {seed} in --extra-args becomes each run's training seed (model.test_seeds: read by `mamldqn test` only)
+    extra = " ".join(TINY[2:]) + " --trainer.max_steps 20 --model.test_seeds [{seed}]"
     out = subprocess.run([sys.executable, "benchmarks/families.py", "--configs", "mountaincar_flip",
                           "--seeds", "0", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                           "--extra-args", extra,
@@ -97,6 +98,9 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
     assert not multitask["model"]["td_normalize"]  # --meta-extra-args reach the meta-init's runs only
     meta = yaml.safe_load((tmp_path / "runs" / "mountaincar_flip_meta-init_s1" / "config.yaml").read_text())
     assert meta["model"]["td_normalize"] and meta["data"]["adapt_budget"] == 20
+    assert multitask["model"]["test_seeds"] == meta["model"]["test_seeds"] == [1]
+    assert yaml.safe_load((tmp_path / "runs" / "mountaincar_flip_meta-init_s0" / "config.yaml").read_text())[
+        "model"]["test_seeds"] == [0]
     assert "| mountaincar_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
     assert (tmp_path / "out" / "families.png").stat().st_size > 10_000
 
