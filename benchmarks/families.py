@@ -6,7 +6,7 @@ scratch fine-tuned with the same K and budget?
         --extra-args "--model.td_normalize true"                  # a variant of one config
     .venv/bin/python benchmarks/families.py --configs acrobot --variant nstep3_pre1 --extra-args "--data.n_step 3" \\
         --meta-extra-args "--model.pre_loss_weight 1.0"           # a flag for the meta-init's runs only
-    .venv/bin/python benchmarks/families.py --configs mountaincar_flip --variant from_mt \
+    .venv/bin/python benchmarks/families.py --configs mountaincar_flip --variant from_mt \\
         --extra-args "--model.init_checkpoint RUNS/mt_s{seed}/checkpoints/last.ckpt"  # {seed}: the training seed
 
 For every config and training seed: `mamldqn fit` of the config (validation at K = 0, 1, 3, 5) and of the same
