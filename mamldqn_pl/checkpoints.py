@@ -71,26 +71,3 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict[str, An
         raise ConfigError(f"{flag} {path}: not a mamldqn/Lightning checkpoint (no state_dict/global_step)")
     return ckpt
 
-
-def init_weights(path: str | Path, own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The initialisation a checkpoint hands on (its EMA of theta where it kept one, else theta), as a state dict
-    for a network whose own state dict is `own`. A file that is not a checkpoint, a network of other shapes, or
-    another observation scale (the same weights would then compute another function) is a one-line ConfigError:
-    nothing of this config is silently replaced."""
-    flag = "--model.init_checkpoint"
-    state = read_checkpoint(path, flag)["state_dict"]
-    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "net."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-    def shapes(d: dict[str, torch.Tensor]) -> str:
-        return " ".join(str(list(v.shape)) for k, v in d.items() if k.endswith("weight")) or "none"
-
-    if weights.keys() != own.keys() or any(weights[k].shape != own[k].shape for k in own):
-        raise ConfigError(f"{flag} {path}: its network (weights {shapes(weights)}) does not fit this config's "
-                          f"(weights {shapes(own)}); give a checkpoint of the same family, model.hidden and "
-                          "model.layer_norm")
-    for key in (k for k in own if k.endswith("scale")):
-        if not torch.equal(weights[key], own[key]):
-            raise ConfigError(f"{flag} {path}: its observation scale {weights[key].tolist()} differs from this "
-                              f"config's {own[key].tolist()} (model.obs_scale, from the task family)")
-    return weights

@@ -98,18 +98,19 @@ class MetaInit:
         self.source = source
 
     @classmethod
-    def load(cls, path: str | Path) -> MetaInit:
-        """Rebuild the module from a checkpoint's own hyperparameters; a file that is not one is a ConfigError."""
+    def load(cls, path: str | Path, flag: str = "--ckpt_path") -> MetaInit:
+        """Rebuild the module from a checkpoint's own hyperparameters; a file that is not one is a ConfigError
+        naming `flag`, the option that gave the path."""
         from mamldqn_pl.module import MAMLDQN  # the module imports evaluation code; keep this file light to import
 
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, flag)
         hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
         data = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
         model = MAMLDQN(**hp)
         try:
             model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as err:
-            raise ConfigError(f"--ckpt_path {path}: its weights do not fit its own hyperparameters "
+            raise ConfigError(f"{flag} {path}: its weights do not fit its own hyperparameters "
                               f"({str(err).splitlines()[0][:160]})") from None
         return cls(model, data, str(path))
 
@@ -189,3 +190,25 @@ def _slot_policy(net: QNetwork, params: dict[str, Tensor], fast: dict[str, Tenso
         return batched_q(net, params, fast, obs.unsqueeze(1)).squeeze(1)
 
     return q
+
+
+def init_weights(path: str | Path, own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The initialisation checkpoint `path` hands on (`MetaInit.net`: its EMA of theta where it kept one, else
+    theta) as a state dict for a network whose own state dict is `own` (model.init_checkpoint). A file that is not
+    a checkpoint, a network of other shapes, or another observation scale (the same weights would then compute
+    another function) is a one-line ConfigError: nothing of that network's config is silently replaced."""
+    flag = "--model.init_checkpoint"
+    weights = MetaInit.load(path, flag).net.state_dict()
+
+    def shapes(d: dict[str, Tensor]) -> str:
+        return " ".join(str(list(v.shape)) for k, v in d.items() if k.endswith("weight")) or "none"
+
+    if weights.keys() != own.keys() or any(weights[k].shape != own[k].shape for k in own):
+        raise ConfigError(f"{flag} {path}: its network (weights {shapes(weights)}) does not fit this config's "
+                          f"(weights {shapes(own)}); give a checkpoint of the same family, model.hidden and "
+                          "model.layer_norm")
+    for key in (k for k in own if k.endswith("scale")):
+        if not torch.equal(weights[key], own[key]):
+            raise ConfigError(f"{flag} {path}: its observation scale {weights[key].tolist()} differs from this "
+                              f"config's {own[key].tolist()} (model.obs_scale, from the task family)")
+    return weights

@@ -20,7 +20,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
-from mamldqn_pl.checkpoints import init_weights
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.noise import relative_noise, step_seed
@@ -233,6 +232,8 @@ class MAMLDQN(pl.LightningModule):
         path = self.hparams.get("init_checkpoint")
         if not path or self.trainer.ckpt_path is not None:
             return
+        from mamldqn_pl.metainit import init_weights  # metainit builds modules: imported where it is used
+
         weights = init_weights(path, self.net.state_dict())
         with torch.no_grad():
             for net in (self.net, self.target_net, *([self.ema.module] if self.ema is not None else [])):

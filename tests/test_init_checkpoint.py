@@ -9,8 +9,8 @@ from conftest import SMALL_DATA, TINY, refused
 from test_module import fit
 
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
-from mamldqn_pl.checkpoints import init_weights
 from mamldqn_pl.errors import ConfigError
+from mamldqn_pl.metainit import init_weights
 
 
 class AtStart(pl.Callback):
