@@ -69,7 +69,7 @@ def diagnose(name: str, ckpt: str, seed: int = 0, ks: tuple[int, ...] = KS, budg
     split = split_for_adaptation(net, params, model.adapt)
     with torch.enable_grad():
         support = support_batch(split, buffers, env.action_counts, family.n_actions, q_init, model.hparams.gamma,
-                                torch.device("cpu"), inner.advantage, inner.ridge)
+                                torch.device("cpu"), inner.advantage, inner.solver)
         rows, greedy0 = [], None
         curvature = float(inner.lr * support["x"].pow(2).sum(-1).mean()) if model.adapt == "head" and not inner.ridge \
             else float("nan")

@@ -20,9 +20,10 @@ from mamldqn_pl.data.collector import Collector, masked_argmax, valid_actions
 from mamldqn_pl.data.replay import ReplayBuffers
 from mamldqn_pl.distributed import gather_objects, world
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
+from mamldqn_pl.meta.dynamics import dynamics_fields
 from mamldqn_pl.meta.inner import LINEAR_HEAD
 from mamldqn_pl.meta.qnet import AdaptSplit, FastWeights
-from mamldqn_pl.meta.ridge import refresh_fields, ridge_heads
+from mamldqn_pl.meta.ridge import refresh_fields
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Task
 
@@ -98,17 +99,19 @@ def collect(collector: Collector, q_fn, steps: int, epsilon: float) -> None:
 
 
 def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.ndarray, n_actions: int, q_target,
-                  gamma: float, device: torch.device, advantage: float = 0.0, ridge: bool = False) -> dict[str, Tensor]:
+                  gamma: float, device: torch.device, advantage: float = 0.0, solver: str = "sgd") -> dict[str, Tensor]:
     """Every transition in each slot's buffer as one inner-loop batch; TD targets from `q_target` (the frozen
     initialisation), n-step when the buffers keep windows, with the inner loop's advantage learning term; with
-    `ridge` also what the ridge solver's later steps refresh them from. All slots hold the same number of
-    transitions."""
+    `solver` "ridge" also what the ridge solver's later steps refresh them from, with "dynamics" the outcome
+    fields the mixing is solved from. All slots hold the same number of transitions."""
     data = {name: value.to(device) for name, value in buffers.sequence().items()}
     valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions).unsqueeze(1)
     target = batch_targets(data, q_target, gamma, valid, advantage)
     with torch.no_grad():
         batch = {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
-    return batch | refresh_fields(data, split.encode, gamma, valid) if ridge else batch
+        if solver == "dynamics":
+            batch |= dynamics_fields(split.outcome_head, batch["x"], data)
+    return batch | refresh_fields(data, split.encode, gamma, valid) if solver == "ridge" else batch
 
 
 def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tensor] | None, ks: Sequence[int],
@@ -118,8 +121,8 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
     if support is None and any(k > 0 for k in ks):
         raise ValueError("no support data (budget 0) to take inner steps on")
     fast = {k: v.detach().expand(n, *v.shape).clone() for k, v in split.fast.items()}
-    if inner.ridge and support is not None:  # every K's heads from one factorisation of the support
-        heads = ridge_heads(fast["head.weight"], fast["head.bias"], support, inner.ridge_lambda, max(ks))
+    if inner.solver != "sgd" and support is not None:  # every K's heads from one factorisation of the support
+        heads = inner.exact_heads(fast["head.weight"], fast["head.bias"], support, max(ks))
         for k in sorted(set(ks)):
             yield k, {"head.weight": heads[k][0].detach(), "head.bias": heads[k][1].detach()}
         return
@@ -168,7 +171,7 @@ def evaluate_init(net: QNetwork, params: FastWeights, family, tasks: Sequence[Ta
             buffers = ReplayBuffers(n, protocol.adapt_budget, family.obs_dim, n_step=protocol.n_step)
             collect(Collector(env, buffers, generator), q_play, protocol.adapt_budget, protocol.epsilon_adapt)
             support = support_batch(split, buffers, env.action_counts, family.n_actions, q_target, gamma, device,
-                                    inner.advantage, inner.ridge)
+                                    inner.advantage, inner.solver)
         rep = torch.arange(n).repeat_interleave(protocol.episodes)
         for k, fast in adapted_weights(split, inner, support, protocol.ks, n):
             episodes = family.batched([t for t in slots for _ in range(protocol.episodes)], generator)

@@ -171,7 +171,7 @@ class MetaInit:
                 collect(collector, policy, budget, epsilon)
                 support = None if not budget else support_batch(
                     split, buffers, venv.action_counts, self.n_actions, q_init, model.hparams.gamma,
-                    torch.device("cpu"), model.inner.advantage, model.inner.ridge)
+                    torch.device("cpu"), model.inner.advantage, model.inner.solver)
                 for kk, fast in adapted_weights(split, model.inner, support, range(k + 1), 1):
                     venv.reset()
                     value = float(greedy_returns(net, params, fast, venv, episodes)[0])
@@ -196,9 +196,13 @@ def init_weights(path: str | Path, own: dict[str, Tensor]) -> dict[str, Tensor]:
     """The initialisation checkpoint `path` hands on (`MetaInit.net`: its EMA of theta where it kept one, else
     theta) as a state dict for a network whose own state dict is `own` (model.init_checkpoint). A file that is not
     a checkpoint, a network of other shapes, or another observation scale (the same weights would then compute
-    another function) is a one-line ConfigError: nothing of that network's config is silently replaced."""
+    another function) is a one-line ConfigError: nothing of that network's config is silently replaced. The outcome
+    head of the dynamics solver is the one exception: a network without one (e.g. a multitask run's) hands on its
+    Q-network and this run keeps its own fresh outcome head; one with it, to a run without, hands on the rest."""
     flag = "--model.init_checkpoint"
     weights = MetaInit.load(path, flag).net.state_dict()
+    weights = {k: v for k, v in weights.items() if k in own or not k.startswith("dyn.")}
+    weights |= {k: v for k, v in own.items() if k.startswith("dyn.") and k not in weights}
 
     def shapes(d: dict[str, Tensor]) -> str:
         return " ".join(str(list(v.shape)) for k, v in d.items() if k.endswith("weight")) or "none"

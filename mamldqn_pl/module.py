@@ -22,6 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
+from mamldqn_pl.meta.dynamics import dynamics_fields, outcome_scale, outcomes
 from mamldqn_pl.meta.noise import relative_noise, step_seed
 from mamldqn_pl.meta.qnet import AdaptSplit
 from mamldqn_pl.meta.ridge import refresh_fields
@@ -77,7 +78,13 @@ class MAMLDQN(pl.LightningModule):
         inner_solver: "sgd" (K gradient steps of rate inner_lr) or "ridge" (head-only: K exact proximal
             least-squares steps of the head, each later one bootstrapping from the head reached; mamldqn_pl/meta/
             ridge.py), in training, at meta-test and in `adapt` alike.
-        ridge_lambda: the ridge steps' proximal strength lambda (> 0): how far one step may move the head.
+            "dynamics" (head-only): no TD loss in the inner loop; each step solves the task's action mixing M
+            from the support's transitions (s' - s and r against the action) and the head becomes (M W, M b), so a
+            hidden flip is read off the transitions (mamldqn_pl/meta/dynamics.py); the network gets an outcome head.
+        ridge_lambda: the ridge (or dynamics) steps' proximal strength lambda (> 0): how far one step may move the
+            head (or the mixing).
+        dynamics_loss_weight: with the dynamics solver, the weight of the query's outcome error under the solved
+            mixing in the meta-objective (what trains the outcome head directly; 0: only through the TD loss).
         td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
@@ -131,8 +138,9 @@ class MAMLDQN(pl.LightningModule):
         first_order: bool | None = None,
         inner_steps: int = 3,
         inner_lr: float = 0.05,
-        inner_solver: Literal["sgd", "ridge"] = "sgd",
+        inner_solver: Literal["sgd", "ridge", "dynamics"] = "sgd",
         ridge_lambda: float = 1.0,
+        dynamics_loss_weight: float = 1.0,
         td_normalize: bool = False,
         multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
@@ -166,7 +174,9 @@ class MAMLDQN(pl.LightningModule):
         self.test_seeds = [0, 1, 2] if test_seeds is None else test_seeds
         require(inner_steps >= 0, f"model.inner_steps: {inner_steps} must be >= 0")
         require(inner_lr > 0, f"model.inner_lr: {inner_lr} must be > 0")
-        require(inner_solver in ("sgd", "ridge"), f"model.inner_solver: {inner_solver!r}; allowed: sgd, ridge")
+        require(inner_solver in ("sgd", "ridge", "dynamics"),
+                f"model.inner_solver: {inner_solver!r}; allowed: sgd, ridge, dynamics")
+        require(dynamics_loss_weight >= 0, f"model.dynamics_loss_weight: {dynamics_loss_weight} must be >= 0")
         require(ridge_lambda > 0, f"model.ridge_lambda: {ridge_lambda} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
         require(adam_eps > 0, f"model.adam_eps: {adam_eps} must be > 0")
@@ -205,8 +215,14 @@ class MAMLDQN(pl.LightningModule):
             for name, on in clashes.items():
                 require(not on, f"model.{name}: {self.hparams[name]!r} does not combine with model.inner_solver ridge "
                                 "(whose later steps bootstrap from the plain max of the adapted head)")
+        if inner_solver == "dynamics":
+            require(self.adapt == "head" and algorithm not in ("metasgd", "reptile", "multitask"),
+                    f"model.inner_solver dynamics mixes the head's rows: not with model.adapt {self.adapt} or "
+                    f"model.algorithm {algorithm} (allowed: anil, maml or fomaml with model.adapt head)")
+            require(not td_normalize, "model.td_normalize: True does not combine with model.inner_solver dynamics "
+                                      "(whose inner steps fit no TD loss)")
         self.automatic_optimization = False
-        self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale, layer_norm)
+        self.net = QNetwork(obs_dim, n_actions, hidden, obs_scale, layer_norm, dynamics=inner_solver == "dynamics")
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)  # theta^-: never gets a gradient
         self.ema: AveragedModel | None = None
         if ema_decay > 0:
@@ -218,7 +234,7 @@ class MAMLDQN(pl.LightningModule):
         self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=self.first_order, loss=td_loss,
                                log_lrs=self.log_inner_lr, normalize=td_normalize,
                                multi_step=multi_step_loss, advantage=advantage_learning, solver=inner_solver,
-                               ridge_lambda=ridge_lambda)
+                               ridge_lambda=ridge_lambda, dynamics_weight=dynamics_loss_weight)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0
@@ -313,13 +329,17 @@ class MAMLDQN(pl.LightningModule):
     def _inner_batch(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None,
                      refresh: bool = True) -> dict[str, Tensor]:
         """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
-        [tasks, N] batch; with the ridge solver and `refresh` also what its later steps refresh the targets from."""
+        [tasks, N] batch; with `refresh` also what the solver reads from a support beyond them (`_solver_fields`)."""
         batch = {"x": split.encode(data["obs"]), "actions": data["actions"],
                  "target": self._td_targets(data, self.target_net, mask)}
-        return batch | self._refresh_fields(split, data, mask) if refresh else batch
+        return batch | self._solver_fields(split, data, batch["x"], mask) if refresh else batch
 
-    def _refresh_fields(self, split: AdaptSplit, data: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
-        """What the ridge solver's later steps refresh a support's targets from (nothing for SGD steps)."""
+    def _solver_fields(self, split: AdaptSplit, data: dict[str, Tensor], x: Tensor,
+                       mask: Tensor | None) -> dict[str, Tensor]:
+        """What the inner solver reads from a support beyond x, actions and targets (x: its rows' features): the
+        ridge solver's refresh fields, the dynamics solver's outcome fields, nothing for SGD steps."""
+        if self.inner.dynamics:
+            return dynamics_fields(split.outcome_head, x, data)
         if not self.inner.ridge:
             return {}
         return refresh_fields(data, split.encode, self.hparams.gamma, None if mask is None else mask.unsqueeze(1))
@@ -349,7 +369,10 @@ class MAMLDQN(pl.LightningModule):
             parts = {k: v.split([n, v.shape[1] - n], dim=1) for k, v in joined.items()}
             support, query = {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
             if self.algorithm != "multitask":  # the query rows and multitask training take no inner step
-                support |= self._refresh_fields(split, batch["support"], mask)
+                support |= self._solver_fields(split, batch["support"], support["x"], mask)
+        if self.inner.dynamics:  # the query's outcomes, in the support's scale, for the outcome error
+            scale = outcome_scale(outcomes(batch["support"]))
+            query |= dynamics_fields(split.outcome_head, query["x"], batch["query"], scale)
         if self.query_target == "adapted":
             query["target"] = self._adapted_query_targets(batch, support["target"], mask)
         return support, query
@@ -363,7 +386,7 @@ class MAMLDQN(pl.LightningModule):
             split = split_for_adaptation(self.target_net, params, self.adapt)
             support = {"x": split.encode(batch["support"]["obs"]), "actions": batch["support"]["actions"],
                        "target": support_target}
-            support |= self._refresh_fields(split, batch["support"], mask)  # theta_i^-'s head on theta^-'s features
+            support |= self._solver_fields(split, batch["support"], support["x"], mask)  # on theta^-'s features
             adapted = self.inner.adapted_no_grad(split.q_fn, split.fast, support)
             online = None
             if self.hparams.double_dqn:  # a' from theta_i (theta after the same K steps), its value from theta_i^-

@@ -21,7 +21,8 @@ class ReplayBuffers:
     and its next_obs and terminated are those of the window's last transition. The window ends early at the
     episode's end or at the newest transition written; the TD target (meta.td.td_target_of) discounts by what
     it holds. The buffer keeps one transition per env step, so sizes, disjointness and warm starts are those
-    of n_step 1; only gamma stays with the model.
+    of n_step 1; only gamma stays with the model. The one-step next observation stays in "next_obs_1" (what the
+    `dynamics` inner solver reads).
     """
 
     def __init__(self, n_tasks: int, capacity: int, obs_dim: int, keep_first: int = 0, n_step: int = 1) -> None:
@@ -97,7 +98,9 @@ class ReplayBuffers:
         window, ends = {}, flat
         if n_step > 1:
             rewards, steps, ends = self._window(base, slots.reshape(-1), flat, n_step)
-            window = {"reward_window": rewards.view(*slots.shape, n_step), "steps": steps.view(slots.shape)}
+            window = {"reward_window": rewards.view(*slots.shape, n_step), "steps": steps.view(slots.shape),
+                      "next_obs_1": self.next_obs.view(-1, self.next_obs.shape[-1]).index_select(0, flat)
+                      .view(*slots.shape, -1)}
         out = {}
         for name in FIELDS:
             field = getattr(self, name)
@@ -192,7 +195,8 @@ class ReplayBuffers:
         one-step target exactly (r + 0 + ..., discount gamma^1), so one-step and windowed rows can share a batch."""
         rewards = batch["rewards"]
         window = torch.cat([rewards.unsqueeze(-1), rewards.new_zeros(*rewards.shape, n_step - 1)], dim=-1)
-        return {**batch, "reward_window": window, "steps": torch.ones_like(batch["actions"])}
+        return {**batch, "reward_window": window, "steps": torch.ones_like(batch["actions"]),
+                "next_obs_1": batch["next_obs"]}
 
     def state_dict(self) -> dict[str, Tensor]:
         return {name: getattr(self, name).clone() for name in (*STORED, "writes", "pos", "size")}

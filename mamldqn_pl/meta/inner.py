@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mamldqn_pl.meta.dynamics import dynamics_heads, dynamics_meta_losses
 from mamldqn_pl.meta.head import linear_head_meta_losses, taken_q, td_derivatives
 from mamldqn_pl.meta.qnet import FastWeights, QFn
 from mamldqn_pl.meta.ridge import ridge_heads, ridge_meta_losses
@@ -38,7 +39,10 @@ class InnerLoop:
     `solver` "ridge" (head-only adaptation) replaces each SGD step by an exact proximal least-squares step of the
     head with strength `ridge_lambda`, later steps bootstrapping from the head reached (`meta.ridge`); the
     support batches then carry the refresh's fields. `lr`, `normalize` and the TD loss's kind do not enter its
-    steps (the query loss keeps the kind).
+    steps (the query loss keeps the kind). `solver` "dynamics" (head-only) adapts no TD loss at all: each step
+    solves the task's action mixing M from the support's transitions (proximal strength `ridge_lambda`) and the
+    head becomes (M W, M b) (`meta.dynamics`); `dynamics_weight` x the query's outcome error joins the
+    meta-objective. Its batches carry the outcome fields `g` and `y`.
 
     `written_out` (default) takes the fast paths of `meta_losses`: a linear head's meta-objective and
     meta-gradient written out by hand (`meta.head`), else, given a `batched_q_fn`, all tasks' inner steps as one
@@ -57,10 +61,22 @@ class InnerLoop:
     written_out: bool = True
     solver: str = "sgd"
     ridge_lambda: float = 1.0
+    dynamics_weight: float = 1.0
 
     @property
     def ridge(self) -> bool:
         return self.solver == "ridge"
+
+    @property
+    def dynamics(self) -> bool:
+        return self.solver == "dynamics"
+
+    def exact_heads(self, w: Tensor, b: Tensor, support: Batch, steps: int) -> list[tuple[Tensor, Tensor]]:
+        """The heads after 0..steps steps of an exact solver (ridge or dynamics), for evaluation and collection
+        (no meta-gradient): w [T, A, F], b [T, A]."""
+        if self.ridge:
+            return ridge_heads(w, b, support, self.ridge_lambda, steps)
+        return dynamics_heads(w, b, support, self.ridge_lambda, steps)
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
         return self.per_task_loss(q_fn(fast, batch["x"]), batch)
@@ -94,8 +110,8 @@ class InnerLoop:
         `meta.head`'s pieces (Huber: clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals
         `step` under vmap (tested). For evaluation and collection, where no meta-gradient flows through the inner
         loop. SGD steps only: ridge steps go through `meta.ridge.ridge_heads` (K steps on one factorisation)."""
-        if self.ridge:
-            raise ValueError("linear_head_step takes SGD steps; ridge steps are meta.ridge.ridge_heads")
+        if self.solver != "sgd":
+            raise ValueError(f"linear_head_step takes SGD steps; {self.solver} steps are InnerLoop.exact_heads")
         w, b = fast["head.weight"], fast["head.bias"]
         x, target = batch["x"], batch["target"]
         onehot = torch.nn.functional.one_hot(batch["actions"], w.shape[1]).to(x.dtype)
@@ -127,9 +143,13 @@ class InnerLoop:
     def meta_losses(self, q_fn: QFn, fast: FastWeights, support: Batch, query: Batch,
                     batched_q_fn: QFn | None = None) -> Tensor:
         """Per-task query losses after adaptation, all tasks in one pass; shape [tasks]."""
+        if self.solver != "sgd" and (set(fast) != LINEAR_HEAD or fast["head.weight"].dim() != 2):
+            raise ValueError(f"the {self.solver} inner solver adapts a shared linear head only (adapt head)")
+        if self.dynamics:
+            return dynamics_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.ridge_lambda,
+                                        self.steps, self.loss, self.first_order, self.multi_step,
+                                        self.dynamics_weight)
         if self.ridge:
-            if set(fast) != LINEAR_HEAD or fast["head.weight"].dim() != 2:
-                raise ValueError("the ridge inner solver adapts a shared linear head only (adapt head)")
             return ridge_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.ridge_lambda,
                                      self.steps, self.loss, self.first_order, self.multi_step)
         if self.written_out and self.log_lrs is None and set(fast) == LINEAR_HEAD and fast["head.weight"].dim() == 2:
@@ -173,8 +193,8 @@ class InnerLoop:
             return {k: v.detach() for k, v in self.adapted(q_fn, fast, support).items()}
         m = support["x"].shape[0]
         fast = {k: v.detach().expand(m, *v.shape) for k, v in fast.items()}
-        if self.ridge:  # the K steps share one factorisation of the support
-            w, b = ridge_heads(fast["head.weight"], fast["head.bias"], support, self.ridge_lambda, self.steps)[-1]
+        if self.solver != "sgd":  # the K steps share one factorisation of the support
+            w, b = self.exact_heads(fast["head.weight"], fast["head.bias"], support, self.steps)[-1]
             return {"head.weight": w, "head.bias": b}
         for k in range(self.steps):
             fast = self.linear_head_step(fast, support, k)

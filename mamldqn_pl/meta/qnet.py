@@ -31,14 +31,18 @@ class QNetwork(nn.Module):
     layer_norm puts a LayerNorm without weights after each hidden Linear (before its ReLU): the features' scale
     is then fixed, so an inner step's size on the head (lr x |features|^2) cannot drift during meta-training,
     and TD bootstrapping cannot grow them (Ball et al. 2023, Gallici et al. 2024). Without weights it adds no
-    parameters, so every fast path and the per-task forward stay as they are."""
+    parameters, so every fast path and the per-task forward stay as they are.
+
+    dynamics adds `dyn`, a second Linear on the body's features: each action's predicted outcome (s' - s and r,
+    normalised), which the `dynamics` inner solver reads the support with (`meta.dynamics`); Q-values never use it."""
 
     def __init__(
         self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (64, 64), obs_scale: Sequence[float] | None = None,
-        layer_norm: bool = False,
+        layer_norm: bool = False, dynamics: bool = False,
     ) -> None:
         super().__init__()
         self.obs_dim, self.n_actions, self.hidden, self.layer_norm = obs_dim, n_actions, list(hidden), layer_norm
+        self.dynamics = dynamics
         layers: list[nn.Module] = [Scale(obs_scale if obs_scale is not None else [1.0] * obs_dim)]
         width = obs_dim
         for h in hidden:
@@ -47,14 +51,16 @@ class QNetwork(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_actions)
+        self.dyn = nn.Linear(width, n_actions * (obs_dim + 1)) if dynamics else None
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.head(self.body(obs))
 
     def arch(self) -> dict:
         """The constructor's arguments: what rebuilds this network (plain data)."""
-        return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "hidden": self.hidden,
+        arch = {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "hidden": self.hidden,
                 "obs_scale": self.body[0].scale.tolist(), "layer_norm": self.layer_norm}
+        return arch | {"dynamics": True} if self.dynamics else arch
 
 
 def _strip(params: FastWeights, prefix: str) -> FastWeights:
@@ -74,6 +80,7 @@ class AdaptSplit:
     encode: Callable[[Tensor], Tensor]
     q_fn: QFn
     batched_q_fn: QFn | None = None  # q_fn for per-task fast weights [T, ...] and inputs [T, N, .]: no vmap needed
+    outcome_head: Callable[[Tensor], Tensor] | None = None  # features -> the `dyn` head's outputs (head-only)
 
 
 def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> AdaptSplit:
@@ -86,6 +93,8 @@ def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str) -> Adap
             encode=net.body if own else lambda obs: functional_call(net.body, body, (obs,)),
             q_fn=lambda fast, x: functional_call(net.head, _strip(fast, "head."), (x,)),
             batched_q_fn=lambda fast, x: per_task_linear(x, fast["head.weight"], fast["head.bias"]),
+            outcome_head=None if net.dyn is None else net.dyn if own else (
+                lambda x: functional_call(net.dyn, _strip(params, "dyn."), (x,))),
         )
     if adapt == "all":
         return AdaptSplit(
