@@ -1,0 +1,276 @@
+"""The dynamics inner solver (mamldqn_pl.meta.dynamics, model.inner_solver dynamics): each step solves, per task and
+action, the proximal least-squares mixing of the canonical actions' predicted outcomes that fits the support's
+transitions, and the head becomes (M W, M b). Checked against a plain primal reference (a loop over tasks and
+actions, normal equations), values and meta-gradients, first and second order; a hidden flip read off real
+MountainCar transitions; the one-step outcomes of n-step batches; and the module, meta-test, `adapt`,
+init_checkpoint and the CLI with it."""
+
+import numpy as np
+import torch
+from conftest import SMALL_DATA, refused
+from test_module import fit
+
+from mamldqn_pl import MAMLDQN, MetaDQNDataModule
+from mamldqn_pl.data.collector import Collector
+from mamldqn_pl.data.replay import ReplayBuffers
+from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation
+from mamldqn_pl.meta.dynamics import (
+    dynamics_heads,
+    dynamics_meta_losses,
+    mixings,
+    outcome_errors,
+    outcome_scale,
+    outcomes,
+)
+from mamldqn_pl.tasks import make_family
+
+T, N, M, F, A, D = 4, 30, 12, 5, 3, 3
+
+
+def batches(seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    actions = torch.randint(0, A, (T, N), generator=g)
+    actions[0][actions[0] == 2] = 1  # task 0 never takes action 2: its mixing row must stay where it starts
+    support = {"x": torch.randn(T, N, F, generator=g, dtype=dtype), "actions": actions,
+               "g": torch.randn(T, N, A, D, generator=g, dtype=dtype),
+               "y": torch.randn(T, N, D, generator=g, dtype=dtype),
+               "target": torch.randn(T, N, generator=g, dtype=dtype)}
+    query = {"x": torch.randn(T, M, F, generator=g, dtype=dtype), "actions": torch.randint(0, A, (T, M), generator=g),
+             "g": torch.randn(T, M, A, D, generator=g, dtype=dtype),
+             "y": torch.randn(T, M, D, generator=g, dtype=dtype),
+             "target": 3 * torch.randn(T, M, generator=g, dtype=dtype)}
+    head = torch.randn(A, F, generator=g, dtype=dtype), torch.randn(A, generator=g, dtype=dtype)
+    return support, query, head
+
+
+def reference_mixing(start, g, actions, y, lam):
+    """The primal solve, one task and one action at a time: the rows of action a stack their [D, A] outcome
+    matrices (columns: the canonical actions' predictions) over their D outcome dimensions."""
+    out = []
+    for t in range(g.shape[0]):
+        rows = []
+        for a in range(A):
+            taken = actions[t] == a
+            design = g[t][taken].transpose(1, 2).reshape(-1, A)  # [n_a * D, A]
+            gram = design.T @ design + lam * torch.eye(A, dtype=g.dtype)
+            rows.append(torch.linalg.solve(gram, design.T @ y[t][taken].reshape(-1) + lam * start[t, a]))
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+def test_each_step_is_each_actions_proximal_least_squares_mixing():
+    support, _, _ = batches()
+    eye = torch.eye(A, dtype=torch.float64).expand(T, A, A)
+    for lam in (0.01, 1.0, 30.0):
+        ms = mixings(support, lam, 2)
+        assert torch.equal(ms[0], eye)  # K = 0: the plain network
+        first = reference_mixing(eye, support["g"], support["actions"], support["y"], lam)
+        torch.testing.assert_close(ms[1], first)
+        torch.testing.assert_close(ms[2], reference_mixing(first, support["g"], support["actions"], support["y"], lam))
+    assert torch.equal(ms[2][0, 2], eye[0, 2])  # action 2 never taken: only the proximal term acts on its row
+
+
+def test_a_flip_is_the_permuted_head():
+    """Outcomes that are exactly another task's with the actions swapped (a 2 - a flip): the solved mixing is the
+    permutation, and the adapted Q-values are the plain network's with the actions swapped."""
+    support, _, (w, b) = batches(1)
+    flip = torch.eye(A, dtype=torch.float64)[[2, 1, 0]]
+    truth = torch.stack([torch.eye(A, dtype=torch.float64), flip, flip, torch.eye(A, dtype=torch.float64)])
+    onehot = torch.nn.functional.one_hot(support["actions"], A).to(torch.float64)
+    y = torch.einsum("tna,tab,tnbd->tnd", onehot, truth, support["g"])
+    support["actions"][0] = torch.arange(N) % A  # every task takes every action here
+    y[0] = torch.einsum("na,nad->nd", torch.nn.functional.one_hot(support["actions"][0], A).double(), support["g"][0])
+    support["y"] = y
+    torch.testing.assert_close(mixings(support, 1e-9, 1)[1], truth)
+    hw, hb = dynamics_heads(w, b, support, 1e-9, 1)[1]
+    x = torch.randn(7, F, dtype=torch.float64)
+    torch.testing.assert_close(x @ hw[1].T + hb[1], (x @ w.T + b)[:, [2, 1, 0]])
+    torch.testing.assert_close(x @ hw[0].T + hb[0], x @ w.T + b)
+
+
+def reference_meta_losses(w, b, support, query, lam, steps, first_order, weight):
+    losses = []
+    for t in range(T):
+        mix = torch.eye(A, dtype=w.dtype).unsqueeze(0)
+        for _ in range(steps):
+            mix = reference_mixing(mix, support["g"][t:t + 1], support["actions"][t:t + 1], support["y"][t:t + 1], lam)
+        used = mix.detach() if first_order else mix
+        q = query["x"][t] @ (used[0] @ w).T + used[0] @ b
+        q_sa = q.gather(-1, query["actions"][t].unsqueeze(-1)).squeeze(-1)
+        loss = torch.nn.functional.smooth_l1_loss(q_sa, query["target"][t])
+        predicted = torch.stack([mix[0][a] @ query["g"][t, n] for n, a in enumerate(query["actions"][t].tolist())])
+        losses.append(loss + weight * (predicted - query["y"][t]).pow(2).mean())
+    return torch.stack(losses)
+
+
+def test_meta_losses_and_gradients_equal_the_reference():
+    for first_order in (False, True):
+        for steps, weight in ((0, 1.0), (1, 0.0), (3, 0.5)):
+            support, query, (w, b) = batches(steps)
+            leaves = [w.requires_grad_(), b.requires_grad_(), support["g"].requires_grad_(),
+                      query["x"].requires_grad_(), query["g"].requires_grad_()]
+            got = dynamics_meta_losses(w, b, support, query, 0.7, steps, first_order=first_order, weight=weight)
+            ref = reference_meta_losses(w, b, support, query, 0.7, steps, first_order, weight)
+            torch.testing.assert_close(got, ref)
+            scale = torch.linspace(0.5, 1.5, T, dtype=torch.float64)
+            got_grads = torch.autograd.grad((got * scale).sum(), leaves, allow_unused=True)
+            ref_grads = torch.autograd.grad((ref * scale).sum(), leaves, allow_unused=True)
+            for a, r in zip(got_grads, ref_grads, strict=True):
+                if a is None or r is None:  # unused: no gradient at all, or zeros
+                    assert all(v is None or not v.abs().sum() for v in (a, r))
+                else:
+                    torch.testing.assert_close(a, r)
+            if steps and not first_order and weight == 0:
+                assert got_grads[2].abs().sum() > 0  # the TD loss alone reaches the outcome head through the solve
+
+
+def test_outcomes_are_one_env_step_also_in_n_step_batches():
+    """With n-step windows next_obs is the window's last observation; the outcome is s' - s of one step, the same
+    as a one-step buffer holding the same transitions gives."""
+    family = make_family("mountaincar", flip=True)
+    tasks = family.sample(3, torch.Generator().manual_seed(0))
+    batched = {}
+    for n_step in (1, 3):
+        env = family.batched(tasks, torch.Generator().manual_seed(0))
+        buffers = ReplayBuffers(3, 50, family.obs_dim, n_step=n_step)
+        Collector(env, buffers, torch.Generator().manual_seed(1)).run(np.arange(3), None, [1.0] * 40)
+        batched[n_step] = buffers.sequence()
+    assert not torch.equal(batched[3]["next_obs"], batched[1]["next_obs"])
+    torch.testing.assert_close(outcomes(batched[3]), outcomes(batched[1]))
+    y = outcomes(batched[1])
+    torch.testing.assert_close(y[..., :2], batched[1]["next_obs"] - batched[1]["obs"])
+    assert bool((y[..., 2] == -1).all())  # MountainCar pays -1 a step
+    scale = outcome_scale(y)
+    assert scale.shape == (3, 1, 3)
+    torch.testing.assert_close((y / scale).pow(2).mean(1), torch.ones(3, 3))
+
+
+def test_a_hidden_flip_is_read_off_real_transitions():
+    """MountainCar tasks, half flipped, 200 random steps each. Outcome predictions g that know only the unflipped
+    physics (the env's own step from the same state, per canonical action) solve to mixings near the identity on
+    unflipped tasks and near the swap of actions 0 and 2 on flipped ones: the support's transitions carry the flip."""
+    family = make_family("mountaincar", flip=True)
+    tasks = family.sample(4, torch.Generator().manual_seed(3), balanced=True)
+    flipped = torch.tensor([t.flip < 0 for t in tasks])
+    assert flipped.sum() == 2
+    env = family.batched(tasks, torch.Generator().manual_seed(0))
+    buffers = ReplayBuffers(4, 200, family.obs_dim)
+    Collector(env, buffers, torch.Generator().manual_seed(1)).run(np.arange(4), None, [1.0] * 200)
+    data = buffers.sequence()
+    # the canonical actions' outcomes from each row's state: MountainCar's equations with each task's own physics
+    force = torch.tensor([t.params["force"] for t in tasks]).view(4, 1, 1)
+    gravity = torch.tensor([t.params["gravity"] for t in tasks]).view(4, 1, 1)
+    pos, vel = data["obs"][..., :1], data["obs"][..., 1:]
+    push = torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 3)
+    new_vel = (vel + push * force - torch.cos(3 * pos) * gravity).clamp(-0.07, 0.07)
+    new_pos = (pos + new_vel).clamp(-1.2, 0.6)
+    g = torch.stack([new_pos - pos, new_vel - vel, -torch.ones_like(new_vel)], dim=-1)  # [4, N, 3, 3]
+    scale = outcome_scale(outcomes(data))
+    support = {"g": g / scale.unsqueeze(2), "y": outcomes(data) / scale, "actions": data["actions"]}
+    mixing = mixings(support, 1.0, 3)[-1]
+    swap = torch.eye(3)[[2, 1, 0]]
+    for t in range(4):
+        expected = swap if flipped[t] else torch.eye(3)
+        assert (mixing[t] - expected).abs().max() < 0.2, (t, mixing[t])
+
+
+def test_module_meta_step_with_dynamics_trains_every_head_and_keeps_adapted_weights_out():
+    torch.manual_seed(0)
+    model = MAMLDQN(obs_dim=2, n_actions=3, hidden=[16], algorithm="anil", inner_solver="dynamics", gamma=0.95)
+    assert model.net.dyn is not None and model.net.arch()["dynamics"]
+    g = torch.Generator().manual_seed(0)
+
+    def sampled(n):
+        return {"obs": torch.randn(4, n, 2, generator=g), "actions": torch.randint(3, (4, n), generator=g),
+                "rewards": -torch.ones(4, n), "next_obs": torch.randn(4, n, 2, generator=g),
+                "terminated": torch.zeros(4, n)}
+
+    batch = {"support": sampled(12), "query": sampled(10)}
+    before = {k: v.detach().clone() for k, v in model.net.named_parameters()}
+    loss, _, _ = model.meta_objective(batch, with_pre=False)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.parameters())  # dyn.* too
+    assert all(torch.equal(before[k], v) for k, v in model.net.named_parameters())
+    assert all(p.grad is None for p in model.target_net.parameters())
+    split = split_for_adaptation(model.net, dict(model.net.named_parameters()), "head")
+    support, query = model._support_and_query(split, batch)
+    scale = outcome_scale(outcomes(batch["support"]))
+    torch.testing.assert_close(query["y"], outcomes(batch["query"]) / scale)  # the query in the support's scale
+    torch.testing.assert_close(support["g"], model.net.dyn(model.net.body(batch["support"]["obs"])).view(4, 12, 3, 3))
+    q = model.adapted_q_values(batch["support"], None)(batch["support"]["obs"][:, 0])
+    hw, hb = dynamics_heads(model.net.head.weight, model.net.head.bias, support, 1.0, model.inner.steps)[-1]
+    x = model.net.body(batch["support"]["obs"][:, 0])
+    torch.testing.assert_close(q, torch.einsum("mf,maf->ma", x, hw) + hb)
+    # the outcome error is part of the objective: without it, the query's outcome rows change nothing
+    off = MAMLDQN(obs_dim=2, n_actions=3, hidden=[16], inner_solver="dynamics", dynamics_loss_weight=0.0)
+    off.load_state_dict(model.state_dict())
+    moved = {**batch, "query": {**batch["query"], "next_obs_1": batch["query"]["next_obs"] + 1}}  # not the TD's
+    torch.testing.assert_close(off.meta_objective(batch, False)[0], off.meta_objective(moved, False)[0])
+    assert not torch.allclose(model.meta_objective(batch, False)[0], model.meta_objective(moved, False)[0])
+    assert outcome_errors(torch.eye(3).expand(4, 3, 3), query).shape == (4,)
+
+
+def test_a_short_fit_and_the_meta_test_protocol_with_dynamics_steps():
+    from mamldqn_pl.evaluation import Protocol, evaluate_init
+
+    torch.manual_seed(0)
+    model = MAMLDQN(obs_dim=2, n_actions=3, hidden=[16], inner_solver="dynamics", inner_steps=2)
+    trainer = fit(model, 4, family="mountaincar", flip=True, n_step=3)
+    assert trainer.global_step == 4
+    dm = MetaDQNDataModule(family="mountaincar", flip=True, **{**SMALL_DATA, "n_val_tasks": 2})
+    dm.setup("fit")
+    protocol = Protocol(adapt_budget=30, epsilon_adapt=1.0, ks=(0, 1, 2), episodes=1, seeds=(0,))
+    rows = {}
+    for solver in ("sgd", "dynamics"):
+        inner = InnerLoop(lr=0.05, steps=2, solver=solver)
+        rows[solver] = evaluate_init(model.net, dict(model.net.named_parameters()), dm.family, dm.val_tasks, "head",
+                                     inner, 0.99, protocol)
+    k0 = [[r["return"] for r in rows[s] if r["k"] == 0] for s in rows]
+    assert k0[0] == k0[1] and len(rows["dynamics"]) == 2 * 3
+
+
+def test_adapt_api_and_init_checkpoint_with_the_outcome_head(tmp_path):
+    import gymnasium as gym
+
+    from mamldqn_pl.metainit import MetaInit, init_weights
+
+    torch.manual_seed(0)
+    model = MAMLDQN(obs_dim=2, n_actions=3, inner_solver="dynamics")
+    before = {k: v.detach().clone() for k, v in model.net.named_parameters()}
+    env = gym.make("MountainCar-v0")
+    agent = MetaInit(model, {"family": "mountaincar", "adapt_budget": 40, "epsilon_adapt": 1.0}).adapt(
+        env, k=2, episodes=1)
+    assert [r["k"] for r in agent.report["returns"]] == [0, 1, 2]
+    assert torch.equal(agent.net.body[1].weight, model.net.body[1].weight)
+    assert not torch.equal(agent.net.head.weight, model.net.head.weight)
+    assert all(torch.equal(before[k], v) for k, v in model.net.named_parameters())
+    # a plain network (a multitask run's) starts a dynamics run: its Q-network, the run's own outcome head; and back
+    plain = MAMLDQN(obs_dim=2, n_actions=3, algorithm="multitask")
+    trainer = fit(plain, 1, family="mountaincar")
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    weights = init_weights(tmp_path / "plain.ckpt", model.net.state_dict())
+    assert torch.equal(weights["head.weight"], plain.net.head.weight) and torch.equal(weights["dyn.weight"],
+                                                                                      model.net.dyn.weight)
+    fit(model, 1, family="mountaincar").save_checkpoint(tmp_path / "dyn.ckpt")
+    back = init_weights(tmp_path / "dyn.ckpt", plain.net.state_dict())
+    assert back.keys() == plain.net.state_dict().keys()
+    assert torch.equal(back["head.weight"], model.net.head.weight)
+
+
+def test_dynamics_bad_settings_are_refused_in_one_line(capsys):
+    base = ["fit", "--config", "configs/mountaincar_flip.yaml", "--trainer.max_steps", "1"]
+    cases = [(["--model.inner_solver", "dynamics", "--model.algorithm", "maml"], "model.inner_solver dynamics"),
+             (["--model.inner_solver", "dynamics", "--model.algorithm", "multitask"], "model.inner_solver dynamics"),
+             (["--model.inner_solver", "dynamics", "--model.algorithm", "metasgd"], "model.inner_solver dynamics"),
+             (["--model.inner_solver", "dynamics", "--model.td_normalize", "true"], "model.td_normalize"),
+             (["--model.inner_solver", "dynamics", "--model.dynamics_loss_weight", "-1"],
+              "model.dynamics_loss_weight: -1")]
+    for extra, needle in cases:
+        code, err = refused(base + extra, capsys)
+        assert code != 0 and len(err) == 1 and needle in err[0], (extra, err)
+
+
+def test_a_plain_network_has_no_outcome_head():
+    net = QNetwork(2, 3)
+    assert net.dyn is None and "dynamics" not in net.arch() and not any(k.startswith("dyn.") for k in net.state_dict())
+    assert QNetwork(**QNetwork(2, 3, dynamics=True).arch()).dyn is not None
