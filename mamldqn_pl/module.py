@@ -78,13 +78,15 @@ class MAMLDQN(pl.LightningModule):
         inner_solver: "sgd" (K gradient steps of rate inner_lr) or "ridge" (head-only: K exact proximal
             least-squares steps of the head, each later one bootstrapping from the head reached; mamldqn_pl/meta/
             ridge.py), in training, at meta-test and in `adapt` alike.
-            "dynamics" (head-only): no TD loss in the inner loop; each step solves the task's action mixing M
-            from the support's transitions (s' - s and r against the action) and the head becomes (M W, M b), so a
-            hidden flip is read off the transitions (mamldqn_pl/meta/dynamics.py); the network gets an outcome head.
-        ridge_lambda: the ridge (or dynamics) steps' proximal strength lambda (> 0): how far one step may move the
-            head (or the mixing).
-        dynamics_loss_weight: with the dynamics solver, the weight of the query's outcome error under the solved
-            mixing in the meta-objective (what trains the outcome head directly; 0: only through the TD loss).
+            "dynamics" (head-only): no TD loss in the inner loop; the step is the posterior over relabelings of
+            the actions given the support's transitions (s' - s and r against the action, under an outcome head the
+            network gets) and the head becomes the posterior-mean relabeling of its rows, so a hidden flip is read
+            off the transitions (mamldqn_pl/meta/dynamics.py).
+        ridge_lambda: the ridge steps' proximal strength lambda (> 0): how far one step may move the head.
+        dynamics_loss_weight: with the dynamics solver, the weight of the query's outcome error (expected under the
+            posterior) in the meta-objective: what trains the outcome head directly (0: only through the TD loss).
+        dynamics_temperature: with the dynamics solver, the outcome noise of its posterior (> 0): a smaller one
+            trusts the support's transitions more.
         td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
@@ -141,6 +143,7 @@ class MAMLDQN(pl.LightningModule):
         inner_solver: Literal["sgd", "ridge", "dynamics"] = "sgd",
         ridge_lambda: float = 1.0,
         dynamics_loss_weight: float = 1.0,
+        dynamics_temperature: float = 1.0,
         td_normalize: bool = False,
         multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
@@ -177,6 +180,7 @@ class MAMLDQN(pl.LightningModule):
         require(inner_solver in ("sgd", "ridge", "dynamics"),
                 f"model.inner_solver: {inner_solver!r}; allowed: sgd, ridge, dynamics")
         require(dynamics_loss_weight >= 0, f"model.dynamics_loss_weight: {dynamics_loss_weight} must be >= 0")
+        require(dynamics_temperature > 0, f"model.dynamics_temperature: {dynamics_temperature} must be > 0")
         require(ridge_lambda > 0, f"model.ridge_lambda: {ridge_lambda} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
         require(adam_eps > 0, f"model.adam_eps: {adam_eps} must be > 0")
@@ -216,6 +220,8 @@ class MAMLDQN(pl.LightningModule):
                 require(not on, f"model.{name}: {self.hparams[name]!r} does not combine with model.inner_solver ridge "
                                 "(whose later steps bootstrap from the plain max of the adapted head)")
         if inner_solver == "dynamics":
+            require(n_actions <= 5, f"n_actions: {n_actions}; model.inner_solver dynamics weighs every relabeling "
+                                    "of the actions (n_actions! of them): allowed up to 5")
             require(self.adapt == "head" and algorithm not in ("metasgd", "reptile", "multitask"),
                     f"model.inner_solver dynamics mixes the head's rows: not with model.adapt {self.adapt} or "
                     f"model.algorithm {algorithm} (allowed: anil, maml or fomaml with model.adapt head)")
@@ -234,7 +240,8 @@ class MAMLDQN(pl.LightningModule):
         self.inner = InnerLoop(lr=inner_lr, steps=inner_steps, first_order=self.first_order, loss=td_loss,
                                log_lrs=self.log_inner_lr, normalize=td_normalize,
                                multi_step=multi_step_loss, advantage=advantage_learning, solver=inner_solver,
-                               ridge_lambda=ridge_lambda, dynamics_weight=dynamics_loss_weight)
+                               ridge_lambda=ridge_lambda, dynamics_weight=dynamics_loss_weight,
+                               dynamics_temperature=dynamics_temperature)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0

@@ -1,9 +1,11 @@
-"""The dynamics inner solver (mamldqn_pl.meta.dynamics, model.inner_solver dynamics): each step solves, per task and
-action, the proximal least-squares mixing of the canonical actions' predicted outcomes that fits the support's
-transitions, and the head becomes (M W, M b). Checked against a plain primal reference (a loop over tasks and
-actions, normal equations), values and meta-gradients, first and second order; a hidden flip read off real
+"""The dynamics inner solver (mamldqn_pl.meta.dynamics, model.inner_solver dynamics): the step is, per task,
+the posterior over relabelings of the actions given the support's transitions under the outcome head, and the head
+becomes its posterior-mean relabeling (M W, M b). Checked against a plain reference (a loop over tasks and
+relabelings), values and meta-gradients, first and second order; a hidden flip read off real
 MountainCar transitions; the one-step outcomes of n-step batches; and the module, meta-test, `adapt`,
 init_checkpoint and the CLI with it."""
+
+import itertools
 
 import numpy as np
 import torch
@@ -18,9 +20,9 @@ from mamldqn_pl.meta.dynamics import (
     dynamics_heads,
     dynamics_meta_losses,
     mixings,
-    outcome_errors,
     outcome_scale,
     outcomes,
+    permutations,
 )
 from mamldqn_pl.tasks import make_family
 
@@ -43,63 +45,73 @@ def batches(seed: int = 0, dtype=torch.float64):
     return support, query, head
 
 
-def reference_mixing(start, g, actions, y, lam):
-    """The primal solve, one task and one action at a time: the rows of action a stack their [D, A] outcome
-    matrices (columns: the canonical actions' predictions) over their D outcome dimensions."""
-    out = []
+def reference_posterior(g, actions, y, temperature):
+    """Per task, one relabeling at a time: the sum over rows of the mean squared outcome error when action a acts as
+    canonical action perm[a]; softmax of minus those over temperature; the posterior mean of the relabeling matrix.
+    Returns the posterior [T, H] and the mean [T, A, A]."""
+    perms = list(itertools.permutations(range(A)))
+    beliefs, means = [], []
     for t in range(g.shape[0]):
-        rows = []
-        for a in range(A):
-            taken = actions[t] == a
-            design = g[t][taken].transpose(1, 2).reshape(-1, A)  # [n_a * D, A]
-            gram = design.T @ design + lam * torch.eye(A, dtype=g.dtype)
-            rows.append(torch.linalg.solve(gram, design.T @ y[t][taken].reshape(-1) + lam * start[t, a]))
-        out.append(torch.stack(rows))
-    return torch.stack(out)
+        errors = []
+        for perm in perms:
+            canonical = torch.tensor([perm[a] for a in actions[t].tolist()])
+            predicted = g[t][torch.arange(g.shape[1]), canonical]  # [N, D]
+            errors.append((predicted - y[t]).pow(2).mean(-1).sum())
+        belief = torch.softmax(-torch.stack(errors) / temperature, dim=0)
+        matrices = torch.stack([torch.eye(A, dtype=g.dtype)[list(perm)] for perm in perms])
+        beliefs.append(belief)
+        means.append((belief.view(-1, 1, 1) * matrices).sum(0))
+    return torch.stack(beliefs), torch.stack(means)
 
 
-def test_each_step_is_each_actions_proximal_least_squares_mixing():
+def test_the_step_is_the_posterior_mean_relabeling():
     support, _, _ = batches()
     eye = torch.eye(A, dtype=torch.float64).expand(T, A, A)
-    for lam in (0.01, 1.0, 30.0):
-        ms = mixings(support, lam, 2)
+    for temperature in (0.3, 1.0, 30.0):
+        ms = mixings(support, temperature, 3)
         assert torch.equal(ms[0], eye)  # K = 0: the plain network
-        first = reference_mixing(eye, support["g"], support["actions"], support["y"], lam)
-        torch.testing.assert_close(ms[1], first)
-        torch.testing.assert_close(ms[2], reference_mixing(first, support["g"], support["actions"], support["y"], lam))
-    assert torch.equal(ms[2][0, 2], eye[0, 2])  # action 2 never taken: only the proximal term acts on its row
+        _, mean = reference_posterior(support["g"], support["actions"], support["y"], temperature)
+        torch.testing.assert_close(ms[1], mean)
+        assert all(torch.equal(m, ms[1]) for m in ms[2:])  # one step is exact: every K >= 1 is the same
+        torch.testing.assert_close(ms[1].sum(-1), torch.ones(T, A, dtype=torch.float64))  # doubly stochastic
+        torch.testing.assert_close(ms[1].sum(-2), torch.ones(T, A, dtype=torch.float64))
+    assert torch.equal(permutations(3)[0], torch.eye(3)) and len(permutations(4)) == 24
 
 
 def test_a_flip_is_the_permuted_head():
-    """Outcomes that are exactly another task's with the actions swapped (a 2 - a flip): the solved mixing is the
-    permutation, and the adapted Q-values are the plain network's with the actions swapped."""
+    """Outcomes that are exactly another task's with the actions swapped (a 2 - a flip): the posterior sits on the
+    swap, and the adapted Q-values are the plain network's with the actions swapped."""
     support, _, (w, b) = batches(1)
+    support["actions"] = torch.arange(N).repeat(T, 1) % A  # every task takes every action
     flip = torch.eye(A, dtype=torch.float64)[[2, 1, 0]]
     truth = torch.stack([torch.eye(A, dtype=torch.float64), flip, flip, torch.eye(A, dtype=torch.float64)])
     onehot = torch.nn.functional.one_hot(support["actions"], A).to(torch.float64)
-    y = torch.einsum("tna,tab,tnbd->tnd", onehot, truth, support["g"])
-    support["actions"][0] = torch.arange(N) % A  # every task takes every action here
-    y[0] = torch.einsum("na,nad->nd", torch.nn.functional.one_hot(support["actions"][0], A).double(), support["g"][0])
-    support["y"] = y
-    torch.testing.assert_close(mixings(support, 1e-9, 1)[1], truth)
-    hw, hb = dynamics_heads(w, b, support, 1e-9, 1)[1]
+    support["y"] = torch.einsum("tna,tab,tnbd->tnd", onehot, truth, support["g"])
+    torch.testing.assert_close(mixings(support, 0.01, 1)[1], truth)
+    hw, hb = dynamics_heads(w, b, support, 0.01, 1)[1]
     x = torch.randn(7, F, dtype=torch.float64)
     torch.testing.assert_close(x @ hw[1].T + hb[1], (x @ w.T + b)[:, [2, 1, 0]])
     torch.testing.assert_close(x @ hw[0].T + hb[0], x @ w.T + b)
 
 
-def reference_meta_losses(w, b, support, query, lam, steps, first_order, weight):
+def reference_meta_losses(w, b, support, query, temperature, steps, first_order, weight):
+    perms = [torch.eye(A, dtype=w.dtype)[list(p)] for p in itertools.permutations(range(A))]
+    if steps:
+        beliefs, means = reference_posterior(support["g"], support["actions"], support["y"], temperature)
+    else:
+        beliefs = torch.zeros(T, len(perms), dtype=w.dtype)
+        beliefs[:, 0] = 1
+        means = torch.eye(A, dtype=w.dtype).expand(T, A, A)
     losses = []
     for t in range(T):
-        mix = torch.eye(A, dtype=w.dtype).unsqueeze(0)
-        for _ in range(steps):
-            mix = reference_mixing(mix, support["g"][t:t + 1], support["actions"][t:t + 1], support["y"][t:t + 1], lam)
-        used = mix.detach() if first_order else mix
-        q = query["x"][t] @ (used[0] @ w).T + used[0] @ b
+        used = means[t].detach() if first_order else means[t]
+        q = query["x"][t] @ (used @ w).T + used @ b
         q_sa = q.gather(-1, query["actions"][t].unsqueeze(-1)).squeeze(-1)
         loss = torch.nn.functional.smooth_l1_loss(q_sa, query["target"][t])
-        predicted = torch.stack([mix[0][a] @ query["g"][t, n] for n, a in enumerate(query["actions"][t].tolist())])
-        losses.append(loss + weight * (predicted - query["y"][t]).pow(2).mean())
+        for belief, perm in zip(beliefs[t], perms):
+            predicted = torch.stack([perm[a] @ query["g"][t, n] for n, a in enumerate(query["actions"][t].tolist())])
+            loss = loss + weight * belief * (predicted - query["y"][t]).pow(2).mean()
+        losses.append(loss)
     return torch.stack(losses)
 
 
@@ -121,7 +133,7 @@ def test_meta_losses_and_gradients_equal_the_reference():
                 else:
                     torch.testing.assert_close(a, r)
             if steps and not first_order and weight == 0:
-                assert got_grads[2].abs().sum() > 0  # the TD loss alone reaches the outcome head through the solve
+                assert got_grads[2].abs().sum() > 0  # the TD loss alone reaches the outcome head via the posterior
 
 
 def test_outcomes_are_one_env_step_also_in_n_step_batches():
@@ -167,7 +179,7 @@ def test_a_hidden_flip_is_read_off_real_transitions():
     g = torch.stack([new_pos - pos, new_vel - vel, -torch.ones_like(new_vel)], dim=-1)  # [4, N, 3, 3]
     scale = outcome_scale(outcomes(data))
     support = {"g": g / scale.unsqueeze(2), "y": outcomes(data) / scale, "actions": data["actions"]}
-    mixing = mixings(support, 1.0, 3)[-1]
+    mixing = mixings(support, 1.0, 1)[-1]
     swap = torch.eye(3)[[2, 1, 0]]
     for t in range(4):
         expected = swap if flipped[t] else torch.eye(3)
@@ -207,7 +219,6 @@ def test_module_meta_step_with_dynamics_trains_every_head_and_keeps_adapted_weig
     moved = {**batch, "query": {**batch["query"], "next_obs_1": batch["query"]["next_obs"] + 1}}  # not the TD's
     torch.testing.assert_close(off.meta_objective(batch, False)[0], off.meta_objective(moved, False)[0])
     assert not torch.allclose(model.meta_objective(batch, False)[0], model.meta_objective(moved, False)[0])
-    assert outcome_errors(torch.eye(3).expand(4, 3, 3), query).shape == (4,)
 
 
 def test_a_short_fit_and_the_meta_test_protocol_with_dynamics_steps():
@@ -264,7 +275,9 @@ def test_dynamics_bad_settings_are_refused_in_one_line(capsys):
              (["--model.inner_solver", "dynamics", "--model.algorithm", "metasgd"], "model.inner_solver dynamics"),
              (["--model.inner_solver", "dynamics", "--model.td_normalize", "true"], "model.td_normalize"),
              (["--model.inner_solver", "dynamics", "--model.dynamics_loss_weight", "-1"],
-              "model.dynamics_loss_weight: -1")]
+              "model.dynamics_loss_weight: -1"),
+             (["--model.inner_solver", "dynamics", "--model.dynamics_temperature", "0"],
+              "model.dynamics_temperature: 0")]
     for extra, needle in cases:
         code, err = refused(base + extra, capsys)
         assert code != 0 and len(err) == 1 and needle in err[0], (extra, err)

@@ -4,20 +4,26 @@ Why: on the sparse families a TD fit of 200 support steps carries little about w
 flipped MountainCar task the one-step TD targets of two actions differ by about the action gap, docs/families.md),
 while the transitions themselves show it at once: s' - s against the action taken. Here the network has a second
 head, g(s) [A, D], a meta-learned prediction of what each *canonical* action b does from s (the normalised s' - s
-and r, D = obs_dim + 1). A task is described by a mixing matrix M [A, A]: its action a acts as sum_b M[a, b] x
-canonical action b. Each inner step solves M per task and action exactly from the support's transitions, a proximal
-least-squares fit
+and r, D = obs_dim + 1). A task may relabel its actions: its action a acts as canonical action P(a), P one of the A!
+permutations (the identity among them). The inner step is the posterior over P given the support's transitions
+(uniform prior, Gaussian outcome noise of `temperature`):
 
-    M_{k+1}[a] = argmin_m  sum_{n: a_n = a} || sum_b m_b g_b(s_n) - y_n ||^2 + lambda || m - M_k[a] ||^2
+    p(P | support) = softmax_P( - sum_n mean_d (g_{P(a_n)}(s_n) - y_n)_d^2 / temperature )
 
-from M_0 = I (K = 0 is the plain network; later steps move M further toward the plain least-squares fit), and the
-adapted Q-head is (M W, M b): task action a gets the values of the canonical actions it mixes. For a hidden flip
-(a permutation P) this is exact: Q_task(s, a) = Q(s, P a), and max_a Q is the same in every task, so one shared
-target network serves them all. The meta-objective is the query TD loss of the adapted head plus `weight` x the
-query's outcome error under the same M (which trains g directly); its gradient reaches W, b, the body and g through
-the solves (one A x A Cholesky factor per task and action, shared by the K steps). What it cannot express: a task
-difference that is not a mixing of the actions' effects (Nav2D's goal, physics changes that act on every action
-alike); there M stays near I and the plain network is what is left.
+and the adapted Q-head is (M W, M b) with M = sum_P p(P) P, the posterior mean of the relabeling matrix: task
+action a gets the values of the canonical action it most likely is. K = 0 is the identity (the plain network); one
+step is exact, so every K >= 1 is the same. The meta-objective is the query TD loss of the adapted head plus
+`weight` x the query's outcome error expected under the posterior (which trains g to tell the relabelings apart);
+its gradient reaches W, b, the body and g through the softmax. For a hidden flip this is exact once the posterior is
+sharp: Q_task(s, a) = Q(s, P a), and max_a Q is the same in every task.
+
+Why a discrete posterior and not a least-squares mixing (the first form of this solver, screened in the eighteenth
+session, docs/families.md): the actions' effects are collinear in MountainCar, Acrobot and CartPole (a force or
+torque of -1, 0, +1 along one direction), so a free mixing matrix is not identified by the transitions, and the
+outcome head co-adapted with the solved mixings into a degenerate fit (near-equal predictions for every action, M
+with rows summing to ~3.8 or entries of -10) while the Q-values stayed flat. A relabeling is identified by one
+direction. What it cannot express: a task difference that is not a relabeling of the actions (Nav2D's goal,
+physics ranges); there the posterior sits on the identity and the plain network is what is left.
 
 Shapes: w [A, F] or [T, A, F], b [A] or [T, A]; a batch carries `actions` [T, N], `g` [T, N, A, D] (the outcome head
 at its rows' features) and `y` [T, N, D] (the rows' outcomes, divided by the support's scale: `outcome_scale`).
@@ -25,6 +31,7 @@ at its rows' features) and `y` [T, N, D] (the rows' outcomes, divided by the sup
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -59,22 +66,37 @@ def dynamics_fields(outcome_head: Callable[[Tensor], Tensor], x: Tensor, data: d
     return {"g": g.view(*x.shape[:-1], -1, y.shape[-1]), "y": y}
 
 
-def mixings(support: dict[str, Tensor], lam: float, steps: int) -> list[Tensor]:
-    """The mixing matrices [T, A, A] after 0, 1, ..., `steps` proximal least-squares steps on the support. An action
-    the support never took keeps its row (only the proximal term acts on it)."""
-    g, y = support["g"], support["y"]
+def permutations(n_actions: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """All n! permutation matrices [H, A, A] (the identity first): the relabelings a task may apply to the actions."""
+    eye = torch.eye(n_actions, dtype=dtype, device=device)
+    return torch.stack([eye[list(p)] for p in itertools.permutations(range(n_actions))])
+
+
+def relabel_errors(batch: dict[str, Tensor], hypotheses: Tensor) -> Tensor:
+    """Per task and relabeling [T, H]: the sum over the batch's rows of the mean squared outcome error when the
+    task's action a acts as the canonical action the relabeling maps it to."""
+    onehot = torch.nn.functional.one_hot(batch["actions"], hypotheses.shape[-1]).to(batch["g"].dtype)
+    predicted = torch.einsum("tna,hab,tnbd->thnd", onehot, hypotheses, batch["g"])
+    return (predicted - batch["y"].unsqueeze(1)).pow(2).mean(-1).sum(-1)
+
+
+def posterior(support: dict[str, Tensor], hypotheses: Tensor, temperature: float) -> Tensor:
+    """The posterior over the relabelings [T, H] given the support's transitions, uniform prior, Gaussian outcome
+    noise: softmax(-errors / temperature)."""
+    return torch.softmax(-relabel_errors(support, hypotheses) / temperature, dim=-1)
+
+
+def mixings(support: dict[str, Tensor], temperature: float, steps: int) -> list[Tensor]:
+    """The mixing matrices [T, A, A] after 0, 1, ..., `steps` steps: the identity, then the posterior mean of the
+    relabeling matrix (the posterior is exact after one look at the support: every later K is the same)."""
+    g = support["g"]
     t, _, a, _ = g.shape
-    onehot = torch.nn.functional.one_hot(support["actions"], a).to(g.dtype)
-    mixing = [torch.eye(a, dtype=g.dtype, device=g.device).expand(t, a, a)]
+    eye = torch.eye(a, dtype=g.dtype, device=g.device).expand(t, a, a)
     if not steps:
-        return mixing
-    normal = torch.einsum("tna,tnbd,tncd->tabc", onehot, g, g)  # [T, A, A, A]: action a's normal matrix
-    rhs = torch.einsum("tna,tnbd,tnd->tab", onehot, g, y)  # [T, A, A]
-    eye = torch.eye(a, dtype=g.dtype, device=g.device)
-    chol = torch.linalg.cholesky(normal + lam * eye)
-    for _ in range(steps):
-        mixing.append(torch.cholesky_solve((rhs + lam * mixing[-1]).unsqueeze(-1), chol).squeeze(-1))
-    return mixing
+        return [eye]
+    hypotheses = permutations(a, g.dtype, g.device)
+    mean = torch.einsum("th,hab->tab", posterior(support, hypotheses, temperature), hypotheses)
+    return [eye] + [mean] * steps
 
 
 def mixed_head(w: Tensor, b: Tensor, mixing: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,38 +104,35 @@ def mixed_head(w: Tensor, b: Tensor, mixing: Tensor) -> tuple[Tensor, Tensor]:
     return torch.matmul(mixing, w), torch.matmul(mixing, b.unsqueeze(-1)).squeeze(-1)
 
 
-def dynamics_heads(w: Tensor, b: Tensor, support: dict[str, Tensor], lam: float, steps: int,
+def dynamics_heads(w: Tensor, b: Tensor, support: dict[str, Tensor], temperature: float, steps: int,
                    first_order: bool = False) -> list[tuple[Tensor, Tensor]]:
     """The heads [T, A, F], [T, A] after 0, ..., `steps` steps. first_order: the mixings' values, without the
-    meta-gradient through the solves (to the outcome head and the support's features)."""
+    meta-gradient through the posterior (to the outcome head and the support's features)."""
     t = support["g"].shape[0]
     w, b = w.expand(t, *w.shape[-2:]), b.expand(t, b.shape[-1])
-    return [mixed_head(w, b, m.detach() if first_order else m) for m in mixings(support, lam, steps)]
+    return [mixed_head(w, b, m.detach() if first_order else m) for m in mixings(support, temperature, steps)]
 
 
-def outcome_errors(mixing: Tensor, batch: dict[str, Tensor]) -> Tensor:
-    """Per task [T]: the mean squared error of the outcomes the mixing predicts for the batch's rows."""
-    onehot = torch.nn.functional.one_hot(batch["actions"], mixing.shape[-1]).to(mixing.dtype)
-    rows = torch.bmm(onehot, mixing)  # [T, N, A]: row n's mixing weights over the canonical actions
-    predicted = torch.einsum("tnb,tnbd->tnd", rows, batch["g"])
-    return (predicted - batch["y"]).pow(2).mean(dim=(-2, -1))
-
-
-def dynamics_meta_losses(w: Tensor, b: Tensor, support: dict[str, Tensor], query: dict[str, Tensor], lam: float,
-                         steps: int, kind: str = "huber", first_order: bool = False, multi_step: bool = False,
+def dynamics_meta_losses(w: Tensor, b: Tensor, support: dict[str, Tensor], query: dict[str, Tensor],
+                         temperature: float, steps: int, kind: str = "huber", first_order: bool = False,
                          weight: float = 1.0) -> Tensor:
-    """Per-task meta-objective [T]: the query TD loss of the head after `steps` steps (with multi_step the mean over
-    the heads after each step) plus `weight` x the query's outcome error under the last mixing."""
-    ms = mixings(support, lam, steps)
-    t = support["g"].shape[0]
+    """Per-task meta-objective [T]: the query TD loss of the adapted head plus `weight` x the query's mean outcome
+    error, expected under the support's posterior over the relabelings (the identity alone at K = 0): what trains
+    the outcome head to tell the relabelings apart. Every K >= 1 adapts alike, so MAML++'s multi-step mean is the
+    last step's loss."""
+    t, a = support["g"].shape[0], support["g"].shape[2]
     w, b = w.expand(t, *w.shape[-2:]), b.expand(t, b.shape[-1])
-    scored = ms[1:] if multi_step and steps else ms[-1:]
-
-    def td_loss(mixing: Tensor) -> Tensor:
-        hw, hb = mixed_head(w, b, mixing.detach() if first_order else mixing)
-        q = torch.baddbmm(hb.unsqueeze(1), query["x"], hw.transpose(1, 2))
-        q_sa = q.gather(-1, query["actions"].unsqueeze(-1)).squeeze(-1)
-        return pointwise_td_loss(q_sa, query["target"].detach(), kind).mean(-1)
-
-    total = sum(td_loss(m) for m in scored) / len(scored)
-    return total + weight * outcome_errors(ms[-1], query) if weight > 0 else total
+    hypotheses = permutations(a, w.dtype, w.device)
+    if steps:
+        belief = posterior(support, hypotheses, temperature)
+    else:  # K = 0: the plain network, the identity (the first hypothesis)
+        belief = torch.nn.functional.one_hot(torch.zeros(t, dtype=torch.long), len(hypotheses)).to(w.dtype)
+    mixing = torch.einsum("th,hab->tab", belief, hypotheses)
+    hw, hb = mixed_head(w, b, mixing.detach() if first_order else mixing)
+    q = torch.baddbmm(hb.unsqueeze(1), query["x"], hw.transpose(1, 2))
+    q_sa = q.gather(-1, query["actions"].unsqueeze(-1)).squeeze(-1)
+    loss = pointwise_td_loss(q_sa, query["target"].detach(), kind).mean(-1)
+    if weight > 0:
+        errors = relabel_errors(query, hypotheses) / query["actions"].shape[1]
+        loss = loss + weight * (belief * errors).sum(-1)
+    return loss

@@ -39,10 +39,10 @@ class InnerLoop:
     `solver` "ridge" (head-only adaptation) replaces each SGD step by an exact proximal least-squares step of the
     head with strength `ridge_lambda`, later steps bootstrapping from the head reached (`meta.ridge`); the
     support batches then carry the refresh's fields. `lr`, `normalize` and the TD loss's kind do not enter its
-    steps (the query loss keeps the kind). `solver` "dynamics" (head-only) adapts no TD loss at all: each step
-    solves the task's action mixing M from the support's transitions (proximal strength `ridge_lambda`) and the
-    head becomes (M W, M b) (`meta.dynamics`); `dynamics_weight` x the query's outcome error joins the
-    meta-objective. Its batches carry the outcome fields `g` and `y`.
+    steps (the query loss keeps the kind). `solver` "dynamics" (head-only) adapts no TD loss at all: the step is
+    the posterior over relabelings of the actions given the support's transitions (`dynamics_temperature`), and the
+    head becomes (M W, M b) with M the posterior mean relabeling (`meta.dynamics`); `dynamics_weight` x the
+    query's outcome error joins the meta-objective. Its batches carry the outcome fields `g` and `y`.
 
     `written_out` (default) takes the fast paths of `meta_losses`: a linear head's meta-objective and
     meta-gradient written out by hand (`meta.head`), else, given a `batched_q_fn`, all tasks' inner steps as one
@@ -62,6 +62,7 @@ class InnerLoop:
     solver: str = "sgd"
     ridge_lambda: float = 1.0
     dynamics_weight: float = 1.0
+    dynamics_temperature: float = 1.0
 
     @property
     def ridge(self) -> bool:
@@ -76,7 +77,7 @@ class InnerLoop:
         (no meta-gradient): w [T, A, F], b [T, A]."""
         if self.ridge:
             return ridge_heads(w, b, support, self.ridge_lambda, steps)
-        return dynamics_heads(w, b, support, self.ridge_lambda, steps)
+        return dynamics_heads(w, b, support, self.dynamics_temperature, steps)
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
         return self.per_task_loss(q_fn(fast, batch["x"]), batch)
@@ -146,8 +147,8 @@ class InnerLoop:
         if self.solver != "sgd" and (set(fast) != LINEAR_HEAD or fast["head.weight"].dim() != 2):
             raise ValueError(f"the {self.solver} inner solver adapts a shared linear head only (adapt head)")
         if self.dynamics:
-            return dynamics_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.ridge_lambda,
-                                        self.steps, self.loss, self.first_order, self.multi_step,
+            return dynamics_meta_losses(fast["head.weight"], fast["head.bias"], support, query,
+                                        self.dynamics_temperature, self.steps, self.loss, self.first_order,
                                         self.dynamics_weight)
         if self.ridge:
             return ridge_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.ridge_lambda,
