@@ -287,3 +287,18 @@ def test_a_plain_network_has_no_outcome_head():
     net = QNetwork(2, 3)
     assert net.dyn is None and "dynamics" not in net.arch() and not any(k.startswith("dyn.") for k in net.state_dict())
     assert QNetwork(**QNetwork(2, 3, dynamics=True).arch()).dyn is not None
+
+
+def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
+    """The README's dynamics rows were trained as the base config plus these flags (benchmarks/families.py
+    --variant nstep3_dyn); the shipped configs must stay exactly that."""
+    import yaml
+    from conftest import ROOT
+
+    for name in ("mountaincar_flip",):
+        base = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())
+        shipped = yaml.safe_load((ROOT / f"configs/{name}_dynamics.yaml").read_text())
+        assert shipped["model"].pop("inner_solver") == "dynamics" and shipped["data"].pop("n_step") == 3
+        assert shipped.pop("run_dir") == f"lightning_logs/{name}_dynamics"
+        assert base.pop("run_dir") == f"lightning_logs/{name}"
+        assert shipped == base
