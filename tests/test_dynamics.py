@@ -302,3 +302,24 @@ def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
         assert shipped.pop("run_dir") == f"lightning_logs/{name}_dynamics"
         assert base.pop("run_dir") == f"lightning_logs/{name}"
         assert shipped == base
+
+
+def test_dynamics_posteriors_script_prints_each_tasks_posterior(tmp_path, monkeypatch, capsys):
+    """benchmarks/dynamics_posteriors.py on a tiny dynamics run: one line per task with its posterior; a checkpoint
+    of another solver is refused in one line."""
+    from conftest import TINY
+    from test_benchmarks import script
+
+    from mamldqn_pl.cli import main
+
+    tiny = ["--config", "configs/mountaincar_flip_dynamics.yaml", *TINY[2:]]
+    main(["fit", *tiny, "--trainer.max_steps", "6", "--run_dir", str(tmp_path / "dyn")])
+    code, out, err = script("dynamics_posteriors", [str(tmp_path / "dyn/checkpoints/last.ckpt"), "--tasks", "4",
+                                                    "--budget", "30"], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    lines = out.strip().splitlines()
+    assert len(lines) == 4 and all("max posterior" in line for line in lines)
+    assert {line.split("(")[1].split(")")[0] for line in lines} == {"flip", "noflip"}  # balanced draw
+    main(["fit", *TINY, "--trainer.max_steps", "2", "--run_dir", str(tmp_path / "sgd")])
+    code, _, err = script("dynamics_posteriors", [str(tmp_path / "sgd/checkpoints/last.ckpt")], monkeypatch, capsys)
+    assert code != 0 and "not dynamics" in err
