@@ -40,7 +40,7 @@ def main() -> None:
     data = buffers.sequence()
     net = init.net
     split = split_for_adaptation(net, dict(net.named_parameters()), "head")
-    hypotheses = permutations(family.n_actions, kind=init.model.inner.relabelings)
+    hypotheses = permutations(family.n_actions)
     with torch.no_grad():
         support = {**dynamics_fields(split.outcome_head, net.body(data["obs"]), data), "actions": data["actions"]}
         belief = posterior(support, hypotheses, init.model.inner.dynamics_temperature)

@@ -87,10 +87,6 @@ class MAMLDQN(pl.LightningModule):
             posterior) in the meta-objective: what trains the outcome head directly (0: only through the TD loss).
         dynamics_temperature: with the dynamics solver, the outcome noise of its posterior (> 0): a smaller one
             trusts the support's transitions more.
-        dynamics_relabelings: with the dynamics solver, the relabelings its posterior weighs: "all" n_actions!
-            permutations (nothing assumed about the family), or "reverse" the identity and the reversal a ->
-            n_actions - 1 - a (the family's variations are known to be `data.flip`'s): with fewer hypotheses the
-            outcome head cannot settle on two canonical actions with one effect, which "all" leaves unresolved.
         td_normalize: divide every TD loss by the task's value scale (mean |target| + 1).
         multi_step_loss: meta-objective = mean query loss after each inner step (MAML++), not only the last.
         meta_lr: learning rate of the outer step (Adam; plain SGD for Reptile, whose step is a move toward
@@ -148,7 +144,6 @@ class MAMLDQN(pl.LightningModule):
         ridge_lambda: float = 1.0,
         dynamics_loss_weight: float = 1.0,
         dynamics_temperature: float = 1.0,
-        dynamics_relabelings: Literal["all", "reverse"] = "all",
         td_normalize: bool = False,
         multi_step_loss: bool = False,
         meta_lr: float = 1e-3,
@@ -186,8 +181,6 @@ class MAMLDQN(pl.LightningModule):
                 f"model.inner_solver: {inner_solver!r}; allowed: sgd, ridge, dynamics")
         require(dynamics_loss_weight >= 0, f"model.dynamics_loss_weight: {dynamics_loss_weight} must be >= 0")
         require(dynamics_temperature > 0, f"model.dynamics_temperature: {dynamics_temperature} must be > 0")
-        require(dynamics_relabelings in ("all", "reverse"),
-                f"model.dynamics_relabelings: {dynamics_relabelings!r}; allowed: all, reverse")
         require(ridge_lambda > 0, f"model.ridge_lambda: {ridge_lambda} must be > 0")
         require(meta_lr > 0, f"model.meta_lr: {meta_lr} must be > 0")
         require(adam_eps > 0, f"model.adam_eps: {adam_eps} must be > 0")
@@ -248,7 +241,7 @@ class MAMLDQN(pl.LightningModule):
                                log_lrs=self.log_inner_lr, normalize=td_normalize,
                                multi_step=multi_step_loss, advantage=advantage_learning, solver=inner_solver,
                                ridge_lambda=ridge_lambda, dynamics_weight=dynamics_loss_weight,
-                               dynamics_temperature=dynamics_temperature, relabelings=dynamics_relabelings)
+                               dynamics_temperature=dynamics_temperature)
         self.episode_return = MeanMetric()
         self._last_log_time: float | None = None
         self._env_steps_since_log = 0

@@ -277,8 +277,7 @@ def test_dynamics_bad_settings_are_refused_in_one_line(capsys):
              (["--model.inner_solver", "dynamics", "--model.dynamics_loss_weight", "-1"],
               "model.dynamics_loss_weight: -1"),
              (["--model.inner_solver", "dynamics", "--model.dynamics_temperature", "0"],
-              "model.dynamics_temperature: 0"),
-             (["--model.inner_solver", "dynamics", "--model.dynamics_relabelings", "some"], "some")]
+              "model.dynamics_temperature: 0")]
     for extra, needle in cases:
         code, err = refused(base + extra, capsys)
         assert code != 0 and len(err) == 1 and needle in err[0], (extra, err)
@@ -324,27 +323,3 @@ def test_dynamics_posteriors_script_prints_each_tasks_posterior(tmp_path, monkey
     main(["fit", *TINY, "--trainer.max_steps", "2", "--run_dir", str(tmp_path / "sgd")])
     code, _, err = script("dynamics_posteriors", [str(tmp_path / "sgd/checkpoints/last.ckpt")], monkeypatch, capsys)
     assert code != 0 and "not dynamics" in err
-
-
-def test_reverse_relabelings_weigh_the_identity_and_the_flip_only():
-    """model.dynamics_relabelings reverse: two hypotheses, the identity and a -> A - 1 - a; the posterior mean is
-    theirs alone (a hand computation), and on outcomes of a flipped task it is the flip."""
-    support, query, (w, b) = batches(2)
-    eye = torch.eye(A, dtype=torch.float64)
-    hypotheses = permutations(A, torch.float64, kind="reverse")
-    assert torch.equal(hypotheses, torch.stack([eye, eye[[2, 1, 0]]]))
-    errors = []
-    for h in hypotheses:
-        onehot = torch.nn.functional.one_hot(support["actions"], A).to(torch.float64)
-        predicted = torch.einsum("tna,ab,tnbd->tnd", onehot, h, support["g"])
-        errors.append((predicted - support["y"]).pow(2).mean(-1).sum(-1))
-    belief = torch.softmax(-torch.stack(errors, dim=-1) / 0.5, dim=-1)
-    expected = belief[:, :1, None] * eye + belief[:, 1:, None] * eye[[2, 1, 0]]
-    torch.testing.assert_close(mixings(support, 0.5, 1, "reverse")[1], expected)
-    onehot = torch.nn.functional.one_hot(support["actions"], A).to(torch.float64)
-    flipped = {**support, "y": torch.einsum("tna,ab,tnbd->tnd", onehot, eye[[2, 1, 0]], support["g"])}
-    torch.testing.assert_close(mixings(flipped, 0.01, 1, "reverse")[1], eye[[2, 1, 0]].expand(T, A, A))
-    loss = dynamics_meta_losses(w, b, support, query, 0.5, 1, relabelings="reverse")
-    assert loss.shape == (T,) and not torch.allclose(loss, dynamics_meta_losses(w, b, support, query, 0.5, 1))
-    model = MAMLDQN(obs_dim=2, n_actions=3, inner_solver="dynamics", dynamics_relabelings="reverse")
-    assert model.inner.relabelings == "reverse"

@@ -66,18 +66,9 @@ def dynamics_fields(outcome_head: Callable[[Tensor], Tensor], x: Tensor, data: d
     return {"g": g.view(*x.shape[:-1], -1, y.shape[-1]), "y": y}
 
 
-RELABELINGS = ("all", "reverse")
-
-
-def permutations(n_actions: int, dtype: torch.dtype = torch.float32, device=None, kind: str = "all") -> Tensor:
-    """The relabelings a task may apply to the actions, as permutation matrices [H, A, A] (the identity first):
-    "all" n! of them; "reverse" the identity and the reversal a -> n - 1 - a (what `data.flip` does), when the
-    family's variations are known to be that one."""
+def permutations(n_actions: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """All n! permutation matrices [H, A, A] (the identity first): the relabelings a task may apply to the actions."""
     eye = torch.eye(n_actions, dtype=dtype, device=device)
-    if kind == "reverse":
-        return torch.stack([eye, eye.flip(0)])
-    if kind != "all":
-        raise ValueError(f"relabelings {kind!r}; allowed: {', '.join(RELABELINGS)}")
     return torch.stack([eye[list(p)] for p in itertools.permutations(range(n_actions))])
 
 
@@ -95,7 +86,7 @@ def posterior(support: dict[str, Tensor], hypotheses: Tensor, temperature: float
     return torch.softmax(-relabel_errors(support, hypotheses) / temperature, dim=-1)
 
 
-def mixings(support: dict[str, Tensor], temperature: float, steps: int, kind: str = "all") -> list[Tensor]:
+def mixings(support: dict[str, Tensor], temperature: float, steps: int) -> list[Tensor]:
     """The mixing matrices [T, A, A] after 0, 1, ..., `steps` steps: the identity, then the posterior mean of the
     relabeling matrix (the posterior is exact after one look at the support: every later K is the same)."""
     g = support["g"]
@@ -103,7 +94,7 @@ def mixings(support: dict[str, Tensor], temperature: float, steps: int, kind: st
     eye = torch.eye(a, dtype=g.dtype, device=g.device).expand(t, a, a)
     if not steps:
         return [eye]
-    hypotheses = permutations(a, g.dtype, g.device, kind)
+    hypotheses = permutations(a, g.dtype, g.device)
     mean = torch.einsum("th,hab->tab", posterior(support, hypotheses, temperature), hypotheses)
     return [eye] + [mean] * steps
 
@@ -114,24 +105,24 @@ def mixed_head(w: Tensor, b: Tensor, mixing: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def dynamics_heads(w: Tensor, b: Tensor, support: dict[str, Tensor], temperature: float, steps: int,
-                   first_order: bool = False, kind: str = "all") -> list[tuple[Tensor, Tensor]]:
+                   first_order: bool = False) -> list[tuple[Tensor, Tensor]]:
     """The heads [T, A, F], [T, A] after 0, ..., `steps` steps. first_order: the mixings' values, without the
     meta-gradient through the posterior (to the outcome head and the support's features)."""
     t = support["g"].shape[0]
     w, b = w.expand(t, *w.shape[-2:]), b.expand(t, b.shape[-1])
-    return [mixed_head(w, b, m.detach() if first_order else m) for m in mixings(support, temperature, steps, kind)]
+    return [mixed_head(w, b, m.detach() if first_order else m) for m in mixings(support, temperature, steps)]
 
 
 def dynamics_meta_losses(w: Tensor, b: Tensor, support: dict[str, Tensor], query: dict[str, Tensor],
                          temperature: float, steps: int, kind: str = "huber", first_order: bool = False,
-                         weight: float = 1.0, relabelings: str = "all") -> Tensor:
+                         weight: float = 1.0) -> Tensor:
     """Per-task meta-objective [T]: the query TD loss of the adapted head plus `weight` x the query's mean outcome
     error, expected under the support's posterior over the relabelings (the identity alone at K = 0): what trains
     the outcome head to tell the relabelings apart. Every K >= 1 adapts alike, so MAML++'s multi-step mean is the
     last step's loss."""
     t, a = support["g"].shape[0], support["g"].shape[2]
     w, b = w.expand(t, *w.shape[-2:]), b.expand(t, b.shape[-1])
-    hypotheses = permutations(a, w.dtype, w.device, relabelings)
+    hypotheses = permutations(a, w.dtype, w.device)
     if steps:
         belief = posterior(support, hypotheses, temperature)
     else:  # K = 0: the plain network, the identity (the first hypothesis)

@@ -41,8 +41,7 @@ class InnerLoop:
     support batches then carry the refresh's fields. `lr`, `normalize` and the TD loss's kind do not enter its
     steps (the query loss keeps the kind). `solver` "dynamics" (head-only) adapts no TD loss at all: the step is
     the posterior over relabelings of the actions given the support's transitions (`dynamics_temperature`), and the
-    head becomes (M W, M b) with M the posterior mean relabeling (`meta.dynamics`; `relabelings` "all" or
-    "reverse"); `dynamics_weight` x the
+    head becomes (M W, M b) with M the posterior mean relabeling (`meta.dynamics`); `dynamics_weight` x the
     query's outcome error joins the meta-objective. Its batches carry the outcome fields `g` and `y`.
 
     `written_out` (default) takes the fast paths of `meta_losses`: a linear head's meta-objective and
@@ -64,7 +63,6 @@ class InnerLoop:
     ridge_lambda: float = 1.0
     dynamics_weight: float = 1.0
     dynamics_temperature: float = 1.0
-    relabelings: str = "all"
 
     @property
     def ridge(self) -> bool:
@@ -79,7 +77,7 @@ class InnerLoop:
         (no meta-gradient): w [T, A, F], b [T, A]."""
         if self.ridge:
             return ridge_heads(w, b, support, self.ridge_lambda, steps)
-        return dynamics_heads(w, b, support, self.dynamics_temperature, steps, kind=self.relabelings)
+        return dynamics_heads(w, b, support, self.dynamics_temperature, steps)
 
     def loss_of(self, q_fn: QFn, fast: FastWeights, batch: Batch) -> Tensor:
         return self.per_task_loss(q_fn(fast, batch["x"]), batch)
@@ -151,7 +149,7 @@ class InnerLoop:
         if self.dynamics:
             return dynamics_meta_losses(fast["head.weight"], fast["head.bias"], support, query,
                                         self.dynamics_temperature, self.steps, self.loss, self.first_order,
-                                        self.dynamics_weight, self.relabelings)
+                                        self.dynamics_weight)
         if self.ridge:
             return ridge_meta_losses(fast["head.weight"], fast["head.bias"], support, query, self.ridge_lambda,
                                      self.steps, self.loss, self.first_order, self.multi_step)
