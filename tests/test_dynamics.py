@@ -295,7 +295,7 @@ def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
     import yaml
     from conftest import ROOT
 
-    for name in ("mountaincar_flip",):
+    for name in ("mountaincar_flip", "acrobot_flip"):
         base = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())
         shipped = yaml.safe_load((ROOT / f"configs/{name}_dynamics.yaml").read_text())
         assert shipped["model"].pop("inner_solver") == "dynamics" and shipped["data"].pop("n_step") == 3
