@@ -103,7 +103,7 @@ def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.n
     """Every transition in each slot's buffer as one inner-loop batch; TD targets from `q_target` (the frozen
     initialisation), n-step when the buffers keep windows, with the inner loop's advantage learning term; with
     `solver` "ridge" also what the ridge solver's later steps refresh them from, with "dynamics" the outcome
-    fields the mixing is solved from. All slots hold the same number of transitions."""
+    fields its posterior is computed from. All slots hold the same number of transitions."""
     data = {name: value.to(device) for name, value in buffers.sequence().items()}
     valid = valid_actions(torch.from_numpy(action_counts).to(device), n_actions).unsqueeze(1)
     target = batch_targets(data, q_target, gamma, valid, advantage)
@@ -121,7 +121,7 @@ def adapted_weights(split: AdaptSplit, inner: InnerLoop, support: dict[str, Tens
     if support is None and any(k > 0 for k in ks):
         raise ValueError("no support data (budget 0) to take inner steps on")
     fast = {k: v.detach().expand(n, *v.shape).clone() for k, v in split.fast.items()}
-    if inner.solver != "sgd" and support is not None:  # every K's heads from one factorisation of the support
+    if inner.solver != "sgd" and support is not None:  # every K's heads from one factorisation (or posterior)
         heads = inner.exact_heads(fast["head.weight"], fast["head.bias"], support, max(ks))
         for k in sorted(set(ks)):
             yield k, {"head.weight": heads[k][0].detach(), "head.bias": heads[k][1].detach()}

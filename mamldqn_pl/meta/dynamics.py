@@ -39,8 +39,6 @@ from torch import Tensor
 
 from mamldqn_pl.meta.td import pointwise_td_loss
 
-DYNAMICS_KEYS = ("g", "y")
-
 
 def outcomes(data: dict[str, Tensor]) -> Tensor:
     """Each transition's outcome [..., obs_dim + 1]: s' - s of one env step (`next_obs_1` where the batch holds
@@ -126,7 +124,8 @@ def dynamics_meta_losses(w: Tensor, b: Tensor, support: dict[str, Tensor], query
     if steps:
         belief = posterior(support, hypotheses, temperature)
     else:  # K = 0: the plain network, the identity (the first hypothesis)
-        belief = torch.nn.functional.one_hot(torch.zeros(t, dtype=torch.long), len(hypotheses)).to(w.dtype)
+        belief = torch.nn.functional.one_hot(torch.zeros(t, dtype=torch.long, device=w.device),
+                                             len(hypotheses)).to(w.dtype)
     mixing = torch.einsum("th,hab->tab", belief, hypotheses)
     hw, hb = mixed_head(w, b, mixing.detach() if first_order else mixing)
     q = torch.baddbmm(hb.unsqueeze(1), query["x"], hw.transpose(1, 2))

@@ -110,7 +110,7 @@ class InnerLoop:
         [m, A, F] and head.bias [m, A], batch x [m, N, F]. The TD loss's gradient is written out with
         `meta.head`'s pieces (Huber: clamp(error, -1, 1), MSE: 2 error, over N), so no autograd runs; it equals
         `step` under vmap (tested). For evaluation and collection, where no meta-gradient flows through the inner
-        loop. SGD steps only: ridge steps go through `meta.ridge.ridge_heads` (K steps on one factorisation)."""
+        loop. SGD steps only: ridge and dynamics steps go through `exact_heads`."""
         if self.solver != "sgd":
             raise ValueError(f"linear_head_step takes SGD steps; {self.solver} steps are InnerLoop.exact_heads")
         w, b = fast["head.weight"], fast["head.bias"]
@@ -194,7 +194,7 @@ class InnerLoop:
             return {k: v.detach() for k, v in self.adapted(q_fn, fast, support).items()}
         m = support["x"].shape[0]
         fast = {k: v.detach().expand(m, *v.shape) for k, v in fast.items()}
-        if self.solver != "sgd":  # the K steps share one factorisation of the support
+        if self.solver != "sgd":  # the K steps share one factorisation (or posterior) of the support
             w, b = self.exact_heads(fast["head.weight"], fast["head.bias"], support, self.steps)[-1]
             return {"head.weight": w, "head.bias": b}
         for k in range(self.steps):
