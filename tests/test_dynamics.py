@@ -281,6 +281,10 @@ def test_dynamics_bad_settings_are_refused_in_one_line(capsys):
     for extra, needle in cases:
         code, err = refused(base + extra, capsys)
         assert code != 0 and len(err) == 1 and needle in err[0], (extra, err)
+    mixed = ["fit", "--config", "configs/seed_cartpole_mountaincar.yaml", "--trainer.max_steps", "1",
+             "--model.algorithm", "anil", "--model.inner_solver", "dynamics"]
+    code, err = refused(mixed, capsys)
+    assert code != 0 and len(err) == 1 and "not with data.family mixed" in err[0], err
 
 
 def test_a_plain_network_has_no_outcome_head():
