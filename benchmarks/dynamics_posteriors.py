@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from mamldqn_pl.data.collector import Collector
 from mamldqn_pl.data.replay import ReplayBuffers
+from mamldqn_pl.evaluation import collect, support_batch
 from mamldqn_pl.meta import split_for_adaptation
-from mamldqn_pl.meta.dynamics import dynamics_fields, permutations, posterior, relabel_errors
+from mamldqn_pl.meta.dynamics import permutations, posterior, relabel_errors
 from mamldqn_pl.metainit import MetaInit
 
 
@@ -32,17 +32,16 @@ def main() -> None:
     init = MetaInit.load(args.checkpoint)
     if init.model.inner.solver != "dynamics":
         raise SystemExit(f"{args.checkpoint}: trained with model.inner_solver {init.model.inner.solver}, not dynamics")
-    family = init.family()
+    family, net = init.family(), init.net
     tasks = family.sample(args.tasks, torch.Generator().manual_seed(123), balanced=True)
     env = family.batched(tasks, torch.Generator().manual_seed(0))
     buffers = ReplayBuffers(len(tasks), args.budget, family.obs_dim, n_step=int(init.data.get("n_step", 1)))
-    Collector(env, buffers, torch.Generator().manual_seed(1)).run(np.arange(len(tasks)), None, [1.0] * args.budget)
-    data = buffers.sequence()
-    net = init.net
+    collect(Collector(env, buffers, torch.Generator().manual_seed(1)), net, args.budget, 1.0)
     split = split_for_adaptation(net, dict(net.named_parameters()), "head")
+    support = support_batch(split, buffers, env.action_counts, family.n_actions, net, init.model.hparams.gamma,
+                            torch.device("cpu"), solver="dynamics")  # the meta-test protocol's own support batch
     hypotheses = permutations(family.n_actions)
     with torch.no_grad():
-        support = {**dynamics_fields(split.outcome_head, net.body(data["obs"]), data), "actions": data["actions"]}
         belief = posterior(support, hypotheses, init.model.inner.dynamics_temperature)
         errors = relabel_errors(support, hypotheses) / args.budget
     mean = torch.einsum("th,hab->tab", belief, hypotheses)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mamldqn_pl.meta.td import pointwise_td_loss
+from mamldqn_pl.meta.head import heads_query_losses
 
 
 def outcomes(data: dict[str, Tensor]) -> Tensor:
@@ -127,10 +127,7 @@ def dynamics_meta_losses(w: Tensor, b: Tensor, support: dict[str, Tensor], query
         belief = torch.nn.functional.one_hot(torch.zeros(t, dtype=torch.long, device=w.device),
                                              len(hypotheses)).to(w.dtype)
     mixing = torch.einsum("th,hab->tab", belief, hypotheses)
-    hw, hb = mixed_head(w, b, mixing.detach() if first_order else mixing)
-    q = torch.baddbmm(hb.unsqueeze(1), query["x"], hw.transpose(1, 2))
-    q_sa = q.gather(-1, query["actions"].unsqueeze(-1)).squeeze(-1)
-    loss = pointwise_td_loss(q_sa, query["target"].detach(), kind).mean(-1)
+    loss = heads_query_losses(*mixed_head(w, b, mixing.detach() if first_order else mixing), query, kind)
     if weight > 0:
         errors = relabel_errors(query, hypotheses) / query["actions"].shape[1]
         loss = loss + weight * (belief * errors).sum(-1)

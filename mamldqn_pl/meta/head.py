@@ -32,6 +32,14 @@ def taken_q(x: Tensor, w: Tensor, b: Tensor, onehot: Tensor) -> Tensor:
     return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)).mul_(onehot).sum(-1)
 
 
+def heads_query_losses(w: Tensor, b: Tensor, query: dict[str, Tensor], kind: str = "huber") -> Tensor:
+    """Per-task query TD losses [T] of per-task heads w [T, A, F], b [T, A] on the query's features [T, M, F]:
+    what the exact solvers (ridge, dynamics) score the heads they reach with, by ordinary autograd."""
+    q = torch.baddbmm(b.unsqueeze(1), query["x"], w.transpose(1, 2))
+    q_sa = q.gather(-1, query["actions"].unsqueeze(-1)).squeeze(-1)
+    return pointwise_td_loss(q_sa, query["target"].detach(), kind).mean(-1)
+
+
 class LinearHeadMetaLoss(torch.autograd.Function):
     """Per-task query TD losses after K inner SGD steps of a linear head (see the module docstring).
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mamldqn_pl.meta.td import bootstrap_parts, pointwise_td_loss
+from mamldqn_pl.meta.head import heads_query_losses
+from mamldqn_pl.meta.td import bootstrap_parts
 
 REFRESH_KEYS = ("x_next", "ret", "discount")
 
@@ -103,10 +104,4 @@ def ridge_meta_losses(w: Tensor, b: Tensor, support: dict[str, Tensor], query: d
     t = support["x"].shape[0]
     heads = ridge_heads(w.expand(t, *w.shape), b.expand(t, *b.shape), support, lam, steps, first_order)
     scored = heads[1:] if multi_step and steps else heads[-1:]
-
-    def query_loss(head: tuple[Tensor, Tensor]) -> Tensor:
-        q = torch.baddbmm(head[1].unsqueeze(1), query["x"], head[0].transpose(1, 2))
-        q_sa = q.gather(-1, query["actions"].unsqueeze(-1)).squeeze(-1)
-        return pointwise_td_loss(q_sa, query["target"].detach(), kind).mean(-1)
-
-    return sum(query_loss(head) for head in scored) / len(scored)
+    return sum(heads_query_losses(*head, query, kind) for head in scored) / len(scored)
