@@ -101,10 +101,7 @@ class MAMLDQNCLI(LightningCLI):
         if self.trainer.max_steps < 1:
             raise ConfigError(f"trainer.max_steps: {self.trainer.max_steps} must be >= 1 (the run's length in "
                               "meta-steps; its last step is always evaluated and checkpointed)")
-        family = getattr(getattr(self.datamodule, "family", None), "name", None)
-        if self.model.inner.dynamics and family == "mixed":
-            raise ConfigError("model.inner_solver dynamics: not with data.family mixed (its relabelings would take in "
-                              "the actions a member lacks); allowed: a family whose tasks share one action set")
+        self.model.check_family(getattr(getattr(self.datamodule, "family", None), "name", None))
         last = self._run_dir() / "checkpoints" / "last.ckpt"
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
             raise ConfigError(f"--run_dir {self._run_dir()} already holds a run ({last}); resume it with "

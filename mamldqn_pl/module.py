@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
-from mamldqn_pl.errors import require
+from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.dynamics import dynamics_fields, outcome_scale, outcomes
 from mamldqn_pl.meta.noise import relative_noise, step_seed
@@ -267,8 +267,17 @@ class MAMLDQN(pl.LightningModule):
             torch.set_num_threads(self.hparams.num_threads)
         datamodule = getattr(self.trainer, "datamodule", None)
         self._run_seed = torch.initial_seed()  # seed_everything's: weight_noise draws from it, also on a resume
+        if datamodule is not None:
+            self.check_family(getattr(getattr(datamodule, "family", None), "name", None))
         if stage == "fit" and datamodule is not None:
             datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
+
+    def check_family(self, family: str | None) -> None:
+        """Settings that only the model and the data together rule out; called by the CLI before a fit (before
+        anything is written) and by setup (a module used from Python without the CLI)."""
+        if self.inner.dynamics and family == "mixed":
+            raise ConfigError("model.inner_solver dynamics: not with data.family mixed (its relabelings would take in "
+                              "the actions a member lacks); allowed: a family whose tasks share one action set")
 
     @property
     def init_net(self) -> QNetwork:

@@ -8,6 +8,7 @@ init_checkpoint and the CLI with it."""
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from conftest import SMALL_DATA, refused
 from test_module import fit
@@ -15,6 +16,7 @@ from test_module import fit
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.data.collector import Collector
 from mamldqn_pl.data.replay import ReplayBuffers
+from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation
 from mamldqn_pl.meta.dynamics import (
     dynamics_heads,
@@ -285,6 +287,14 @@ def test_dynamics_bad_settings_are_refused_in_one_line(capsys):
              "--model.algorithm", "anil", "--model.inner_solver", "dynamics"]
     code, err = refused(mixed, capsys)
     assert code != 0 and len(err) == 1 and "not with data.family mixed" in err[0], err
+
+
+def test_a_module_used_without_the_cli_refuses_a_mixed_family_too():
+    model = MAMLDQN(hidden=[16, 16], algorithm="anil", inner_solver="dynamics")
+    members = [{"family": "cartpole", "flip": False}, {"family": "mountaincar"}]
+    with pytest.raises(ConfigError, match="not with data.family mixed"):
+        fit(model, 1, family="mixed", members=members)
+    assert model.global_step == 0
 
 
 def test_a_plain_network_has_no_outcome_head():
