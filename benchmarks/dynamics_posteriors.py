@@ -7,17 +7,27 @@ training, validation and test tasks' streams), plays `budget` random steps in ea
 its posterior mean relabeling matrix (row a: which canonical actions task action a is believed to be), the largest
 posterior weight, and the per-relabeling outcome errors. A sharp posterior that puts every task of a group on the same
 relabeling, the two groups' a flip apart, is what the README's dynamics rows rest on.
+
+    .venv/bin/python benchmarks/dynamics_posteriors.py PATH/TO/last.ckpt --validate 1e-3
+
+--validate T also plays the checkpoint's validation tasks as training's meta_val does (evaluation seeds 0-2, the Ks
+of --val-ks and the trained K, --val-episodes episodes: give the run's meta_val.ks and meta_val.episodes, the
+defaults are benchmarks/families.py's, to reproduce its logged return) and prints the return at its trained K with
+the trained temperature and with T: at 1e-3 the step plays the most likely relabeling instead of the posterior mean
+(docs/families.md, nineteenth session).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
+from mamldqn_pl.data import MetaDQNDataModule
 from mamldqn_pl.data.collector import Collector
 from mamldqn_pl.data.replay import ReplayBuffers
-from mamldqn_pl.evaluation import collect, support_batch
+from mamldqn_pl.evaluation import Protocol, collect, evaluate_init, support_batch
 from mamldqn_pl.meta import split_for_adaptation
 from mamldqn_pl.meta.dynamics import permutations, posterior, relabel_errors
 from mamldqn_pl.metainit import MetaInit
@@ -28,6 +38,10 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--validate", type=float, default=None, metavar="TEMPERATURE",
+                        help="also the validation return at the trained K, trained temperature and this one")
+    parser.add_argument("--val-ks", type=int, nargs="+", default=[0, 1, 3, 5])
+    parser.add_argument("--val-episodes", type=int, default=5)
     args = parser.parse_args()
     init = MetaInit.load(args.checkpoint)
     if init.model.inner.solver != "dynamics":
@@ -48,6 +62,21 @@ def main() -> None:
     for t, task in enumerate(tasks):
         print(f"task {t} ({task.group or 'no group'}): max posterior {belief[t].max():.2f}, relabeling "
               f"{mean[t].numpy().round(2).tolist()}, outcome errors {errors[t].numpy().round(3).tolist()}")
+    if args.validate is not None:
+        validate(init, args.validate, args.val_ks, args.val_episodes)
+
+
+def validate(init: MetaInit, temperature: float, ks: list[int], episodes: int) -> None:
+    """meta_val's protocol on the run's validation tasks, at the trained and at `temperature`."""
+    model, data = init.model, MetaDQNDataModule(**init.data)
+    k = model.hparams.inner_steps
+    protocol = Protocol.of(data.hparams, sorted({0, k, *ks}), episodes, [0, 1, 2])
+    net = model.init_net  # the EMA of theta when the run kept one, as validation plays it
+    for t in (model.inner.dynamics_temperature, temperature):
+        rows = evaluate_init(net, dict(net.named_parameters()), data.family, data.val_tasks, model.adapt,
+                             dataclasses.replace(model.inner, dynamics_temperature=t), model.hparams.gamma, protocol)
+        values = [r["return"] for r in rows if r["k"] == k]
+        print(f"validation at K = {k}, temperature {t:g}: {sum(values) / len(values):.1f}")
 
 
 if __name__ == "__main__":
