@@ -305,7 +305,8 @@ def test_a_plain_network_has_no_outcome_head():
 
 def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
     """The README's dynamics rows were trained as the base config plus these flags (benchmarks/families.py
-    --variant nstep3_dyn); the shipped configs must stay exactly that."""
+    --variant nstep3_dyn for mountaincar_flip, nstep3_dyn_ema_12k for acrobot_flip); the shipped configs must stay
+    exactly that."""
     import yaml
     from conftest import ROOT
 
@@ -313,6 +314,9 @@ def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
         base = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())
         shipped = yaml.safe_load((ROOT / f"configs/{name}_dynamics.yaml").read_text())
         assert shipped["model"].pop("inner_solver") == "dynamics" and shipped["data"].pop("n_step") == 3
+        if name == "acrobot_flip":
+            assert shipped["model"].pop("ema_decay") == 0.998 and shipped["trainer"]["max_steps"] == 12000
+            shipped["trainer"]["max_steps"] = base["trainer"]["max_steps"]
         assert shipped.pop("run_dir") == f"lightning_logs/{name}_dynamics"
         assert base.pop("run_dir") == f"lightning_logs/{name}"
         assert shipped == base
@@ -329,10 +333,18 @@ def test_dynamics_posteriors_script_prints_each_tasks_posterior(tmp_path, monkey
     tiny = ["--config", "configs/mountaincar_flip_dynamics.yaml", *TINY[2:]]
     main(["fit", *tiny, "--trainer.max_steps", "6", "--run_dir", str(tmp_path / "dyn")])
     code, out, err = script("dynamics_posteriors", [str(tmp_path / "dyn/checkpoints/last.ckpt"), "--tasks", "4",
-                                                    "--budget", "30"], monkeypatch, capsys)
+                                                    "--budget", "30", "--validate", "1e-3",
+                                                    "--val-ks", "0", "--val-episodes", "1"], monkeypatch, capsys)
     assert code == 0, err[-3000:]
     lines = out.strip().splitlines()
+    validation = [line for line in lines if line.startswith("validation")]
+    lines = [line for line in lines if not line.startswith("validation")]
     assert len(lines) == 4 and all("max posterior" in line for line in lines)
+    # meta_val's protocol at the trained temperature: the return the run logged at its last check
+    import csv
+    logged = [r for r in csv.DictReader(open(tmp_path / "dyn/metrics.csv")) if r.get("meta_val/return_k3")][-1]
+    assert len(validation) == 2 and "temperature 1:" in validation[0] and "temperature 0.001:" in validation[1]
+    assert abs(float(validation[0].split(": ")[1]) - float(logged["meta_val/return_k3"])) < 0.05
     assert {line.split("(")[1].split(")")[0] for line in lines} == {"flip", "noflip"}  # balanced draw
     main(["fit", *TINY, "--trainer.max_steps", "2", "--run_dir", str(tmp_path / "sgd")])
     code, _, err = script("dynamics_posteriors", [str(tmp_path / "sgd/checkpoints/last.ckpt")], monkeypatch, capsys)
