@@ -5,6 +5,7 @@ relabelings), values and meta-gradients, first and second order; a hidden flip r
 MountainCar transitions; the one-step outcomes of n-step batches; and the module, meta-test, `adapt`,
 init_checkpoint and the CLI with it."""
 
+import csv
 import itertools
 
 import numpy as np
@@ -341,8 +342,8 @@ def test_dynamics_posteriors_script_prints_each_tasks_posterior(tmp_path, monkey
     lines = [line for line in lines if not line.startswith("validation")]
     assert len(lines) == 4 and all("max posterior" in line for line in lines)
     # meta_val's protocol at the trained temperature: the return the run logged at its last check
-    import csv
-    logged = [r for r in csv.DictReader(open(tmp_path / "dyn/metrics.csv")) if r.get("meta_val/return_k3")][-1]
+    rows = csv.DictReader((tmp_path / "dyn/metrics.csv").read_text().splitlines())
+    logged = [r for r in rows if r.get("meta_val/return_k3")][-1]
     assert len(validation) == 2 and "temperature 1:" in validation[0] and "temperature 0.001:" in validation[1]
     assert abs(float(validation[0].split(": ")[1]) - float(logged["meta_val/return_k3"])) < 0.05
     assert {line.split("(")[1].split(")")[0] for line in lines} == {"flip", "noflip"}  # balanced draw
