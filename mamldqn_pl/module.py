@@ -268,13 +268,14 @@ class MAMLDQN(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         self._run_seed = torch.initial_seed()  # seed_everything's: weight_noise draws from it, also on a resume
         if datamodule is not None:
-            self.check_family(getattr(getattr(datamodule, "family", None), "name", None))
-        if stage == "fit" and datamodule is not None:
-            datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
+            self.check_data(datamodule)
+            if stage == "fit":
+                datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
 
-    def check_family(self, family: str | None) -> None:
+    def check_data(self, datamodule) -> None:
         """Settings that only the model and the data together rule out; called by the CLI before a fit (before
         anything is written) and by setup (a module used from Python without the CLI)."""
+        family = getattr(getattr(datamodule, "family", None), "name", None)
         if self.inner.dynamics and family == "mixed":
             raise ConfigError("model.inner_solver dynamics: not with data.family mixed (its relabelings would take in "
                               "the actions a member lacks); allowed: a family whose tasks share one action set")
