@@ -6,6 +6,9 @@ scratch fine-tuned with the same K and budget?
         --extra-args "--model.td_normalize true"                  # a variant of one config
     .venv/bin/python benchmarks/families.py --configs acrobot --variant nstep3_pre1 --extra-args "--data.n_step 3" \\
         --meta-extra-args "--model.pre_loss_weight 1.0"           # a flag for the meta-init's runs only
+    .venv/bin/python benchmarks/families.py --configs acrobot --variant ema_12k --extra-args "--data.n_step 3" \
+        --meta-extra-args "--model.inner_solver dynamics --model.ema_decay 0.998 --trainer.max_steps 12000" \
+        --multitask-extra-args "--model.ema_decay 0.998 --trainer.max_steps 12000"  # the same budget for both
     .venv/bin/python benchmarks/families.py --configs mountaincar_flip --variant from_mt \\
         --extra-args "--model.init_checkpoint RUNS/mt_s{seed}/checkpoints/last.ckpt"  # {seed}: the training seed
 
@@ -160,6 +163,9 @@ def main() -> None:
                         help="more `mamldqn fit` flags for every run; {seed} becomes the run's training seed")
     parser.add_argument("--meta-extra-args", default="",
                         help="flags for the meta-init runs only (another algorithm: multitask stays the baseline)")
+    parser.add_argument("--multitask-extra-args", default="",
+                        help="flags for the multitask runs only (the meta-init's budget or EMA, where they differ "
+                             "from the config's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "docs/results"),
                         help="the README's table is rewritten only for this default")
@@ -175,13 +181,14 @@ def main() -> None:
                      **{c: float(r[c]) for c in ("mean", "iqm", "ci_low", "ci_high")}} for r in csv.DictReader(f)]
         write_outputs(rows, out, args.name, len(args.seeds))
         return
-    runs_dir, extra, meta_extra = Path(args.runs), shlex.split(args.extra_args), shlex.split(args.meta_extra_args)
+    runs_dir, extra = Path(args.runs), shlex.split(args.extra_args)
+    own = {"meta-init": shlex.split(args.meta_extra_args), "multitask": shlex.split(args.multitask_extra_args)}
     start = time.time()
     jobs = [(c, init, s) for s in args.seeds for c in args.configs for init in INITS]
 
     def fit(job: tuple[str, str, int]) -> None:
         config, init, seed = job
-        flags = [*extra, *(meta_extra if init == "meta-init" else [])]
+        flags = [*extra, *own[init]]
         train(ROOT / "configs" / f"{config}.yaml", seed, runs_dir / run_name(config, args.variant, init, seed),
               overrides=[*overrides(config, init), *(f.replace("{seed}", str(seed)) for f in flags)])
 

@@ -78,7 +78,8 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
     out = subprocess.run([sys.executable, "benchmarks/families.py", "--configs", "mountaincar_flip",
                           "--seeds", "0", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                           "--extra-args", extra,
-                          "--meta-extra-args", "--model.td_normalize true"],
+                          "--meta-extra-args", "--model.td_normalize true",
+                          "--multitask-extra-args", "--model.ema_decay 0.5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "families.csv")))
@@ -98,6 +99,7 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
     assert not multitask["model"]["td_normalize"]  # --meta-extra-args reach the meta-init's runs only
     meta = yaml.safe_load((tmp_path / "runs" / "mountaincar_flip_meta-init_s1" / "config.yaml").read_text())
     assert meta["model"]["td_normalize"] and meta["data"]["adapt_budget"] == 20
+    assert multitask["model"]["ema_decay"] == 0.5 and meta["model"]["ema_decay"] == 0.0  # and the multitask's theirs
     assert multitask["model"]["test_seeds"] == meta["model"]["test_seeds"] == [1]
     assert yaml.safe_load((tmp_path / "runs" / "mountaincar_flip_meta-init_s0" / "config.yaml").read_text())[
         "model"]["test_seeds"] == [0]
