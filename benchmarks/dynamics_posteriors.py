@@ -14,7 +14,9 @@ relabeling, the two groups' a flip apart, is what the README's dynamics rows res
 of --val-ks and the trained K, --val-episodes episodes: give the run's meta_val.ks and meta_val.episodes, the
 defaults are benchmarks/families.py's, to reproduce its logged return) and prints the return at its trained K with
 the trained temperature and with T: at 1e-3 the step plays the most likely relabeling instead of the posterior mean
-(docs/families.md, nineteenth session).
+(docs/families.md, nineteenth session). --val-epsilon E also plays them with the support collected E-greedy by the
+init (1: at random) instead of at the run's data.epsilon_adapt, the trained temperature kept: which part of a change
+to the support's play acts at meta-test and which through training (docs/families.md, twentieth session).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--validate", type=float, default=None, metavar="TEMPERATURE",
                         help="also the validation return at the trained K, trained temperature and this one")
+    parser.add_argument("--val-epsilon", type=float, default=None, metavar="EPSILON",
+                        help="also the validation return with the support played EPSILON-greedy by the init")
     parser.add_argument("--val-ks", type=int, nargs="+", default=[0, 1, 3, 5])
     parser.add_argument("--val-episodes", type=int, default=5)
     args = parser.parse_args()
@@ -62,21 +66,26 @@ def main() -> None:
     for t, task in enumerate(tasks):
         print(f"task {t} ({task.group or 'no group'}): max posterior {belief[t].max():.2f}, relabeling "
               f"{mean[t].numpy().round(2).tolist()}, outcome errors {errors[t].numpy().round(3).tolist()}")
-    if args.validate is not None:
-        validate(init, args.validate, args.val_ks, args.val_episodes)
+    if args.validate is not None or args.val_epsilon is not None:
+        validate(init, args.validate, args.val_epsilon, args.val_ks, args.val_episodes)
 
 
-def validate(init: MetaInit, temperature: float, ks: list[int], episodes: int) -> None:
-    """meta_val's protocol on the run's validation tasks, at the trained and at `temperature`."""
+def validate(init: MetaInit, temperature: float | None, epsilon: float | None, ks: list[int], episodes: int) -> None:
+    """meta_val's protocol on the run's validation tasks: as trained, then at `temperature` and with the support
+    played `epsilon`-greedy (each where given; the other setting as trained)."""
     model, data = init.model, MetaDQNDataModule(**init.data)
     k = model.hparams.inner_steps
     protocol = Protocol.of(data.hparams, sorted({0, k, *ks}), episodes, [0, 1, 2])
     net = model.init_net  # the EMA of theta when the run kept one, as validation plays it
-    for t in (model.inner.dynamics_temperature, temperature):
+    trained = (model.inner.dynamics_temperature, protocol.epsilon_adapt)
+    settings = [trained, *([(temperature, trained[1])] if temperature is not None else []),
+                *([(trained[0], epsilon)] if epsilon is not None else [])]
+    for t, e in settings:
         rows = evaluate_init(net, dict(net.named_parameters()), data.family, data.val_tasks, model.adapt,
-                             dataclasses.replace(model.inner, dynamics_temperature=t), model.hparams.gamma, protocol)
+                             dataclasses.replace(model.inner, dynamics_temperature=t), model.hparams.gamma,
+                             dataclasses.replace(protocol, epsilon_adapt=e))
         values = [r["return"] for r in rows if r["k"] == k]
-        print(f"validation at K = {k}, temperature {t:g}: {sum(values) / len(values):.1f}")
+        print(f"validation at K = {k}, temperature {t:g}, support epsilon {e:g}: {sum(values) / len(values):.1f}")
 
 
 if __name__ == "__main__":

@@ -335,7 +335,7 @@ def test_dynamics_posteriors_script_prints_each_tasks_posterior(tmp_path, monkey
     tiny = ["--config", "configs/mountaincar_flip_dynamics.yaml", *TINY[2:]]
     main(["fit", *tiny, "--trainer.max_steps", "6", "--run_dir", str(tmp_path / "dyn")])
     code, out, err = script("dynamics_posteriors", [str(tmp_path / "dyn/checkpoints/last.ckpt"), "--tasks", "4",
-                                                    "--budget", "30", "--validate", "1e-3",
+                                                    "--budget", "30", "--validate", "1e-3", "--val-epsilon", "1",
                                                     "--val-ks", "0", "--val-episodes", "1"], monkeypatch, capsys)
     assert code == 0, err[-3000:]
     lines = out.strip().splitlines()
@@ -345,8 +345,12 @@ def test_dynamics_posteriors_script_prints_each_tasks_posterior(tmp_path, monkey
     # meta_val's protocol at the trained temperature: the return the run logged at its last check
     rows = csv.DictReader((tmp_path / "dyn/metrics.csv").read_text().splitlines())
     logged = [r for r in rows if r.get("meta_val/return_k3")][-1]
-    assert len(validation) == 2 and "temperature 1:" in validation[0] and "temperature 0.001:" in validation[1]
-    assert abs(float(validation[0].split(": ")[1]) - float(logged["meta_val/return_k3"])) < 0.05
+    assert len(validation) == 3 and "temperature 1, support epsilon 0.25:" in validation[0]
+    assert "temperature 0.001, support epsilon 0.25:" in validation[1]
+    assert "temperature 1, support epsilon 1:" in validation[2]
+    values = [float(line.split(": ")[1]) for line in validation]
+    assert abs(values[0] - float(logged["meta_val/return_k3"])) < 0.05
+    assert values[2] != values[0]  # another support, another adapted head: the setting reaches the protocol
     assert {line.split("(")[1].split(")")[0] for line in lines} == {"flip", "noflip"}  # balanced draw
     main(["fit", *TINY, "--trainer.max_steps", "2", "--run_dir", str(tmp_path / "sgd")])
     code, _, err = script("dynamics_posteriors", [str(tmp_path / "sgd/checkpoints/last.ckpt")], monkeypatch, capsys)
