@@ -306,17 +306,17 @@ def test_a_plain_network_has_no_outcome_head():
 
 def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
     """The README's dynamics rows were trained as the base config plus these flags (benchmarks/families.py
-    --variant nstep3_dyn_ema for mountaincar_flip, nstep3_dyn_ema_12k_rs for acrobot_flip); the shipped configs must
-    stay exactly that."""
+    --variant nstep3_dyn_ema for mountaincar_flip, nstep3_dyn_ema_12k_rs for acrobot_flip and acrobot); the shipped
+    configs must stay exactly that."""
     import yaml
     from conftest import ROOT
 
-    for name in ("mountaincar_flip", "acrobot_flip"):
+    for name in ("mountaincar_flip", "acrobot_flip", "acrobot"):
         base = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())
         shipped = yaml.safe_load((ROOT / f"configs/{name}_dynamics.yaml").read_text())
         assert shipped["model"].pop("inner_solver") == "dynamics" and shipped["data"].pop("n_step") == 3
         assert shipped["model"].pop("ema_decay") == 0.998
-        if name == "acrobot_flip":
+        if name in ("acrobot_flip", "acrobot"):
             assert shipped["data"].pop("epsilon_adapt") == 1.0  # the twentieth session's random support
             assert shipped["trainer"]["max_steps"] == 12000
             shipped["trainer"]["max_steps"] = base["trainer"]["max_steps"]
