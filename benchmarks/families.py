@@ -6,9 +6,10 @@ scratch fine-tuned with the same K and budget?
         --extra-args "--model.td_normalize true"                  # a variant of one config
     .venv/bin/python benchmarks/families.py --configs acrobot --variant nstep3_pre1 --extra-args "--data.n_step 3" \\
         --meta-extra-args "--model.pre_loss_weight 1.0"           # a flag for the meta-init's runs only
-    .venv/bin/python benchmarks/families.py --configs acrobot --variant ema_12k --extra-args "--data.n_step 3" \
-        --meta-extra-args "--model.inner_solver dynamics --model.ema_decay 0.998 --trainer.max_steps 12000" \
-        --multitask-extra-args "--model.ema_decay 0.998 --trainer.max_steps 12000"  # the same budget for both
+    .venv/bin/python benchmarks/families.py --configs acrobot --variant nstep3_dyn_ema_12k_rs \\
+        --extra-args "--data.n_step 3" --meta-extra-args "--model.inner_solver dynamics --model.ema_decay 0.998 \\
+        --trainer.max_steps 12000 --data.epsilon_adapt 1.0" --multitask-extra-args "--model.ema_decay 0.998 \\
+        --trainer.max_steps 12000 --data.epsilon_adapt 1.0"      # the multitask runs' own flags: the same budget
     .venv/bin/python benchmarks/families.py --configs mountaincar_flip --variant from_mt \\
         --extra-args "--model.init_checkpoint RUNS/mt_s{seed}/checkpoints/last.ckpt"  # {seed}: the training seed
 
