@@ -78,8 +78,11 @@ def validate(init: MetaInit, temperature: float | None, epsilon: float | None, k
     protocol = Protocol.of(data.hparams, sorted({0, k, *ks}), episodes, [0, 1, 2])
     net = model.init_net  # the EMA of theta when the run kept one, as validation plays it
     trained = (model.inner.dynamics_temperature, protocol.epsilon_adapt)
-    settings = [trained, *([(temperature, trained[1])] if temperature is not None else []),
-                *([(trained[0], epsilon)] if epsilon is not None else [])]
+    settings = [trained]
+    if temperature is not None:
+        settings.append((temperature, trained[1]))
+    if epsilon is not None:
+        settings.append((trained[0], epsilon))
     for t, e in settings:
         rows = evaluate_init(net, dict(net.named_parameters()), data.family, data.val_tasks, model.adapt,
                              dataclasses.replace(model.inner, dynamics_temperature=t), model.hparams.gamma,
