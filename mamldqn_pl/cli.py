@@ -96,12 +96,10 @@ class MAMLDQNCLI(LightningCLI):
         return path
 
     def before_fit(self) -> None:
-        """Resume only on request; never overwrite another run's checkpoints by starting afresh over them; settings
-        that only the model and the data together rule out."""
+        """Resume only on request; never overwrite another run's checkpoints by starting afresh over them."""
         if self.trainer.max_steps < 1:
             raise ConfigError(f"trainer.max_steps: {self.trainer.max_steps} must be >= 1 (the run's length in "
                               "meta-steps; its last step is always evaluated and checkpointed)")
-        self.model.check_data(self.datamodule)
         last = self._run_dir() / "checkpoints" / "last.ckpt"
         if self.config_init["fit"].get("ckpt_path") is None and last.is_file():
             raise ConfigError(f"--run_dir {self._run_dir()} already holds a run ({last}); resume it with "

@@ -110,7 +110,7 @@ def support_batch(split: AdaptSplit, buffers: ReplayBuffers, action_counts: np.n
     with torch.no_grad():
         batch = {"x": split.encode(data["obs"]), "actions": data["actions"], "target": target}
         if solver == "dynamics":
-            batch |= dynamics_fields(split.outcome_head, batch["x"], data)
+            batch |= dynamics_fields(split.outcome_head, batch["x"], data, valid=valid)
     return batch | refresh_fields(data, split.encode, gamma, valid) if solver == "ridge" else batch
 
 

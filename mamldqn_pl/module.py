@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.aggregation import MeanMetric
 
 from mamldqn_pl.callbacks import AdaptationReport
-from mamldqn_pl.errors import ConfigError, require
+from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
 from mamldqn_pl.meta.dynamics import dynamics_fields, outcome_scale, outcomes
 from mamldqn_pl.meta.noise import relative_noise, step_seed
@@ -267,18 +267,8 @@ class MAMLDQN(pl.LightningModule):
             torch.set_num_threads(self.hparams.num_threads)
         datamodule = getattr(self.trainer, "datamodule", None)
         self._run_seed = torch.initial_seed()  # seed_everything's: weight_noise draws from it, also on a resume
-        if datamodule is not None:
-            self.check_data(datamodule)
-            if stage == "fit":
-                datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
-
-    def check_data(self, datamodule) -> None:
-        """Settings that only the model and the data together rule out; called by the CLI before a fit (before
-        anything is written) and by setup (a module used from Python without the CLI)."""
-        family = getattr(getattr(datamodule, "family", None), "name", None)
-        if self.inner.dynamics and family == "mixed":
-            raise ConfigError("model.inner_solver dynamics: not with data.family mixed (its relabelings would take in "
-                              "the actions a member lacks); allowed: a family whose tasks share one action set")
+        if datamodule is not None and stage == "fit":
+            datamodule.attach_policy(self.q_values, self.epsilon, self.adapted_q_values, self.policy_tensors)
 
     @property
     def init_net(self) -> QNetwork:
@@ -356,7 +346,7 @@ class MAMLDQN(pl.LightningModule):
         """What the inner solver reads from a support beyond x, actions and targets (x: its rows' features): the
         ridge solver's refresh fields, the dynamics solver's outcome fields, nothing for SGD steps."""
         if self.inner.dynamics:
-            return dynamics_fields(split.outcome_head, x, data)
+            return dynamics_fields(split.outcome_head, x, data, valid=mask)
         if not self.inner.ridge:
             return {}
         return refresh_fields(data, split.encode, self.hparams.gamma, None if mask is None else mask.unsqueeze(1))
@@ -389,7 +379,7 @@ class MAMLDQN(pl.LightningModule):
                 support |= self._solver_fields(split, batch["support"], support["x"], mask)
         if self.inner.dynamics:  # the query's outcomes, in the support's scale, for the outcome error
             scale = outcome_scale(outcomes(batch["support"]))
-            query |= dynamics_fields(split.outcome_head, query["x"], batch["query"], scale)
+            query |= dynamics_fields(split.outcome_head, query["x"], batch["query"], scale, mask)
         if self.query_target == "adapted":
             query["target"] = self._adapted_query_targets(batch, support["target"], mask)
         return support, query

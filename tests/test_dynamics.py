@@ -17,15 +17,17 @@ from test_module import fit
 from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.data.collector import Collector
 from mamldqn_pl.data.replay import ReplayBuffers
-from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.meta import InnerLoop, QNetwork, split_for_adaptation
 from mamldqn_pl.meta.dynamics import (
+    allowed,
     dynamics_heads,
     dynamics_meta_losses,
     mixings,
     outcome_scale,
     outcomes,
     permutations,
+    posterior,
+    relabel_errors,
 )
 from mamldqn_pl.tasks import make_family
 
@@ -284,18 +286,63 @@ def test_dynamics_bad_settings_are_refused_in_one_line(capsys):
     for extra, needle in cases:
         code, err = refused(base + extra, capsys)
         assert code != 0 and len(err) == 1 and needle in err[0], (extra, err)
-    mixed = ["fit", "--config", "configs/seed_cartpole_mountaincar.yaml", "--trainer.max_steps", "1",
-             "--model.algorithm", "anil", "--model.inner_solver", "dynamics"]
-    code, err = refused(mixed, capsys)
-    assert code != 0 and len(err) == 1 and "not with data.family mixed" in err[0], err
 
 
-def test_a_module_used_without_the_cli_refuses_a_mixed_family_too():
-    model = MAMLDQN(hidden=[16, 16], algorithm="anil", inner_solver="dynamics")
+def test_a_mixed_familys_tasks_relabel_only_their_own_actions():
+    """With an action mask ("valid") the posterior puts no mass on a relabeling that moves an action the task lacks:
+    a two-action task of a three-action network chooses between the identity and the swap of its two actions, by
+    the same errors renormalised; a task with every action is untouched, bitwise; with all tasks complete the mask
+    changes nothing at all."""
+    support, query, (w, b) = batches(2)
+    valid = torch.tensor([[True, True, False], [True, True, True], [True, False, False], [True, True, True]])
+    masked = {**support, "valid": valid}
+    hypotheses = permutations(A, torch.float64)
+    _, mean = reference_posterior(support["g"], support["actions"], support["y"], 0.7)
+    got = mixings(masked, 0.7, 1)[1]
+    torch.testing.assert_close(got[[1, 3]], mean[[1, 3]], rtol=0, atol=0)
+    belief = posterior(masked, hypotheses, 0.7)
+    assert belief[0, ~allowed(valid, hypotheses)[0]].sum() == 0 and belief[0].sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(got[2], torch.eye(A, dtype=torch.float64))  # one action: nothing to relabel
+    errors = relabel_errors(support, hypotheses)[0]
+    own = [h for h in range(len(hypotheses)) if torch.equal(hypotheses[h][2], torch.eye(A, dtype=torch.float64)[2])]
+    assert len(own) == 2  # the identity and the swap of actions 0 and 1
+    expected = torch.softmax(-errors[own] / 0.7, 0)
+    torch.testing.assert_close(got[0], (expected.view(-1, 1, 1) * hypotheses[own]).sum(0))
+    assert got[0][2, 2] == 1 and got[0][2, :2].abs().sum() == 0  # the masked action's row stays its own
+    full = {**support, "valid": torch.ones(T, A, dtype=torch.bool)}
+    assert torch.equal(dynamics_meta_losses(w, b, full, query, 0.7, 2), dynamics_meta_losses(w, b, support, query,
+                                                                                            0.7, 2))
+
+
+def test_a_mixed_family_fits_and_meta_tests_with_dynamics_steps():
+    """The seed's CartPole + MountainCar family with the dynamics solver: a short fit runs; the module's batches carry
+    each task's action mask to the posterior, so its CartPole tasks never relabel MountainCar's third action (that
+    row of their mixing stays the identity's); the meta-test protocol gives every K's returns."""
+    from mamldqn_pl.evaluation import Protocol, evaluate_init
+
     members = [{"family": "cartpole", "flip": False}, {"family": "mountaincar"}]
-    with pytest.raises(ConfigError, match="not with data.family mixed"):
-        fit(model, 1, family="mixed", members=members)
-    assert model.global_step == 0
+    torch.manual_seed(0)
+    model = MAMLDQN(obs_dim=4, n_actions=3, hidden=[16], algorithm="anil", inner_solver="dynamics",
+                    dynamics_temperature=1e-3)
+    trainer = fit(model, 3, family="mixed", members=members, n_step=3)
+    assert trainer.global_step == 3
+    batch = trainer.datamodule.next_batch()
+    counts = batch["action_mask"].sum(-1)
+    assert set(counts.tolist()) == {2, 3}, counts  # both members in the batch
+    support, _ = model._support_and_query(split_for_adaptation(model.net, dict(model.net.named_parameters()), "head"),
+                                          batch)
+    assert torch.equal(support["valid"], batch["action_mask"])
+    mixing = mixings(support, 1e-3, 1)[1]
+    two = counts == 2
+    assert torch.equal(mixing[two][:, 2], torch.eye(3)[2].expand(int(two.sum()), 3))
+    unmasked = mixings({k: v for k, v in support.items() if k != "valid"}, 1e-3, 1)[1]
+    assert (unmasked[two][:, 2, 2] < 0.5).any()  # without the mask some would (a sharp posterior, an untrained g)
+    dm = MetaDQNDataModule(family="mixed", members=members, **{**SMALL_DATA, "n_val_tasks": 4})
+    dm.setup("fit")
+    protocol = Protocol(adapt_budget=30, epsilon_adapt=1.0, ks=(0, 1), episodes=1, seeds=(0,))
+    rows = evaluate_init(model.net, dict(model.net.named_parameters()), dm.family, dm.val_tasks, "head",
+                         model.inner, 0.99, protocol)
+    assert len(rows) == 4 * 2 and all(np.isfinite(r["return"]) for r in rows)
 
 
 def test_a_plain_network_has_no_outcome_head():

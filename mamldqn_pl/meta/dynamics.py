@@ -25,6 +25,9 @@ with rows summing to ~3.8 or entries of -10) while the Q-values stayed flat. A r
 direction. What it cannot express: a task difference that is not a relabeling of the actions (Nav2D's goal,
 physics ranges); there the posterior sits on the identity and the plain network is what is left.
 
+In a mixed family (tasks with fewer actions than the network's, the rest masked) a task's relabelings are those of
+its own actions: the prior puts no mass on one that would move a masked action (`allowed`).
+
 Shapes: w [A, F] or [T, A, F], b [A] or [T, A]; a batch carries `actions` [T, N], `g` [T, N, A, D] (the outcome head
 at its rows' features) and `y` [T, N, D] (the rows' outcomes, divided by the support's scale: `outcome_scale`).
 """
@@ -55,13 +58,15 @@ def outcome_scale(y: Tensor) -> Tensor:
 
 
 def dynamics_fields(outcome_head: Callable[[Tensor], Tensor], x: Tensor, data: dict[str, Tensor],
-                    scale: Tensor | None = None) -> dict[str, Tensor]:
+                    scale: Tensor | None = None, valid: Tensor | None = None) -> dict[str, Tensor]:
     """`g` and `y` for rows with features x [T, N, F] sampled as `data`; `scale` [T, 1, D] from the task's support
-    (default: these rows are the support)."""
+    (default: these rows are the support); `valid` [T, A], a mixed family's action mask, rides along as "valid"
+    (the posterior then keeps to the relabelings of each task's own actions)."""
     y = outcomes(data)
     y = y / (outcome_scale(y) if scale is None else scale)
     g = outcome_head(x)
-    return {"g": g.view(*x.shape[:-1], -1, y.shape[-1]), "y": y}
+    fields = {"g": g.view(*x.shape[:-1], -1, y.shape[-1]), "y": y}
+    return fields if valid is None else fields | {"valid": valid.reshape(x.shape[0], -1).bool()}
 
 
 def permutations(n_actions: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
@@ -78,10 +83,22 @@ def relabel_errors(batch: dict[str, Tensor], hypotheses: Tensor) -> Tensor:
     return (predicted - batch["y"].unsqueeze(1)).pow(2).mean(-1).sum(-1)
 
 
+def allowed(valid: Tensor, hypotheses: Tensor) -> Tensor:
+    """[T, H]: the relabelings a task with valid actions `valid` [T, A] may apply: those that map each action it
+    lacks (a mixed family's masked actions) to itself, i.e. permute its own actions among themselves. The
+    identity is always one of them."""
+    fixed = hypotheses.diagonal(dim1=1, dim2=2) > 0.5  # [H, A]: the relabeling leaves action a where it is
+    return (fixed.unsqueeze(0) | valid.unsqueeze(1)).all(-1)
+
+
 def posterior(support: dict[str, Tensor], hypotheses: Tensor, temperature: float) -> Tensor:
-    """The posterior over the relabelings [T, H] given the support's transitions, uniform prior, Gaussian outcome
-    noise: softmax(-errors / temperature)."""
-    return torch.softmax(-relabel_errors(support, hypotheses) / temperature, dim=-1)
+    """The posterior over the relabelings [T, H] given the support's transitions, Gaussian outcome noise:
+    softmax(-errors / temperature). Prior: uniform, over the relabelings of each task's own actions where the
+    support carries a mixed family's action mask ("valid"), else over all of them."""
+    logits = -relabel_errors(support, hypotheses) / temperature
+    if "valid" in support:
+        logits = logits.masked_fill(~allowed(support["valid"], hypotheses), float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
 def mixings(support: dict[str, Tensor], temperature: float, steps: int) -> list[Tensor]:
