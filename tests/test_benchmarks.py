@@ -71,7 +71,7 @@ def test_seeds_benchmark_writes_one_row_per_seed_checkpoint_and_k(tmp_path, monk
     assert "| no_adapted_collection | 0, 1 | 20-20 of 20 |" in (tmp_path / "out" / "screen.md").read_text()
 
 
-def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path):
+def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path, monkeypatch, capsys):
     # mountaincar_flip: a family with a flip (both groups) whose episodes end at 200 steps, not Acrobot's 500
     # {seed} in --extra-args becomes each run's training seed (model.test_seeds: read by `mamldqn test` only)
     extra = " ".join(TINY[2:]) + " --trainer.max_steps 20 --model.test_seeds [{seed}]"
@@ -105,6 +105,22 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
         "model"]["test_seeds"] == [0]
     assert "| mountaincar_flip | meta-init (2 seeds) |" in (tmp_path / "out" / "families.md").read_text()
     assert (tmp_path / "out" / "families.png").stat().st_size > 10_000
+    # the validation tasks' returns per group of the same runs' checkpoints: their mean over the (balanced) groups
+    # is the validation return the run logged at that step (meta_val's protocol, replayed)
+    code, out_, err = script("val_groups", ["--runs", str(tmp_path / "runs"), "--variants",
+                                            "mountaincar_flip_meta-init", "--name", "groups", "--out",
+                                            str(tmp_path / "out"), "--episodes", "1"], monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    groups = list(csv.DictReader(open(tmp_path / "out" / "groups.csv")))
+    assert {(r["seed"], r["checkpoint"]) for r in groups} == {(s, c) for s in "01" for c in ("best", "last")}
+    assert {r["group"] for r in groups} == {"flip", "noflip"} and {r["k"] for r in groups} == {"0", "1", "3", "5"}
+    for seed in "01":
+        logged = [x for x in csv.DictReader(open(tmp_path / "runs" / f"mountaincar_flip_meta-init_s{seed}" /
+                                                 "metrics.csv")) if x.get("meta_val/return_k5")]
+        last = [float(r["mean"]) for r in groups if (r["seed"], r["checkpoint"], r["k"]) == (seed, "last", "5")]
+        assert int(logged[-1]["step"]) == 20 and len(last) == 2
+        assert sum(last) / 2 == pytest.approx(float(logged[-1]["meta_val/return_k5"]), abs=1e-3)
+    assert "| mountaincar_flip_meta-init | 1 | last | 20 |" in out_
 
 
 def test_speed_benchmark_quick_prints_every_row():
