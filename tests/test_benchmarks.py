@@ -121,6 +121,11 @@ def test_families_benchmark_writes_meta_init_multitask_and_scratch_rows(tmp_path
         assert int(logged[-1]["step"]) == 20 and len(last) == 2
         assert sum(last) / 2 == pytest.approx(float(logged[-1]["meta_val/return_k5"]), abs=1e-3)
     assert "| mountaincar_flip_meta-init | 1 | last | 20 |" in out_
+    assert (tmp_path / "out" / "groups.png").stat().st_size > 10_000
+    (tmp_path / "out" / "groups.md").unlink()
+    code, again, err = script("val_groups", ["--name", "groups", "--out", str(tmp_path / "out"), "--table-only"],
+                              monkeypatch, capsys)
+    assert code == 0 and again == out_, err[-3000:]  # the table, rewritten from the csv alone
 
 
 def test_speed_benchmark_quick_prints_every_row():
