@@ -60,3 +60,34 @@ def test_mixed_meta_batches_carry_masks_and_only_valid_actions():
         assert (batch[part]["actions"] < counts.unsqueeze(1)).all()
     cartpole_slots = torch.from_numpy(dm.env.owner == 0)
     assert (dm.buffers.actions[cartpole_slots] < 2).all()
+
+
+def test_retired_tasks_are_replaced_from_their_own_member_so_the_pool_keeps_its_shares():
+    """Tasks retire one or two at a time; `sample(n)` deals members in turn from the first, so replacing them with it
+    filled the pool with CartPole (MountainCar's share of the seed's example fell from 1/2 to 1/64 in 12,000
+    meta-steps). `sample_like` draws each replacement from the member of the task it replaces; for a single family
+    it is `sample` itself, the same draws (every other family's task stream is unchanged)."""
+    family = make_family("mixed", members=MEMBERS)
+    old = family.sample(6, make_generator(0))
+    picked = [old[3], old[1], old[4]]  # mountaincar, mountaincar, cartpole
+    fresh = family.sample_like(picked, make_generator(1))
+    assert [t.member for t in fresh] == [1, 1, 0] and [t.group for t in fresh] == ["mountaincar"] * 2 + ["cartpole"]
+    assert [t.index for t in fresh] == [0, 1, 2]
+    assert family.sample_like([old[1]], make_generator(2))[0].member == 1  # one at a time: still its own member
+    cartpole = make_family("cartpole")
+    single = cartpole.sample(3, make_generator(0))
+    assert cartpole.sample_like(single, make_generator(5)) == cartpole.sample(3, make_generator(5))
+    dm = MetaDQNDataModule(family="mixed", members=MEMBERS, pool_size=6, tasks_per_batch=3, support_size=16,
+                           query_size=16, learning_starts=40, adapt_budget=20, buffer_capacity=100, n_val_tasks=2,
+                           n_test_tasks=2, retire_after=50, collect_steps=4)
+    dm._build(rank=0)
+    dm.attach_policy(lambda obs: torch.zeros(len(obs), 3), lambda: 0.5)
+    members = [t.member for t in dm.pool]
+    replaced = 0
+    for _ in range(120):
+        before = list(dm.pool)
+        dm.next_batch()
+        replaced += sum(a is not b for a, b in zip(before, dm.pool))
+        assert [t.member for t in dm.pool] == members
+    assert replaced >= 6  # tasks did retire, several times each slot on average
+    assert (dm.env.action_counts == np.array([2, 3] * 3)).all()

@@ -286,7 +286,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
             return
         old = np.flatnonzero(self.collector.env_steps.numpy() >= hp.retire_after)
         if len(old):
-            fresh = self.family.sample(len(old), self.task_generator)
+            fresh = self.family.sample_like([self.pool[slot] for slot in old.tolist()], self.task_generator)
             for slot, task in zip(old.tolist(), fresh):
                 self.pool[slot] = task
             self.env.set_tasks(old, fresh)

@@ -104,6 +104,11 @@ class Family:
         return [Task(params=p, flip=-1 if f else 1, index=i, group=("flip" if f else "noflip") if self.flip else "")
                 for i, (p, f) in enumerate(zip(params, flips))]
 
+    def sample_like(self, old: Sequence[Task], generator: torch.Generator) -> list[Task]:
+        """Fresh tasks to replace `old` in the training pool (retired tasks): here any len(old) tasks, the draws of
+        `sample`. A mixed family keeps each one's member."""
+        return self.sample(len(old), generator)
+
     def apply(self, core: gym.Env, task: Task) -> None:
         """Set the task's constants on the unwrapped env and recompute what the env derives from them."""
         for name, value in {**self.defaults, **task.params}.items():
