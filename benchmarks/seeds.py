@@ -252,10 +252,11 @@ def step_rate(run: Path) -> float:
                                 if r.get("perf/meta_steps_per_s")]))
 
 
-def evaluate(ckpt: Path, tasks: str = "test", ks=KS) -> tuple[int, list[dict]]:
-    """The meta-test protocol's rows for one checkpoint at the trained budget, on its test (or val) tasks."""
+def evaluate(ckpt: Path, tasks: str = "test", ks=KS, episodes: int = 5) -> tuple[int, list[dict]]:
+    """The checkpoint's step and the meta-test protocol's rows for it at the trained budget, on its test (or val)
+    tasks; `episodes` greedy episodes per task (meta_val's and test's 5 by default)."""
     model, dm = load(str(ckpt))
-    protocol = Protocol.of(dm.hparams, ks, 5, (0, 1, 2))
+    protocol = Protocol.of(dm.hparams, ks, episodes, (0, 1, 2))
     net = model.init_net
     rows = evaluate_init(net, dict(net.named_parameters()), dm.family, getattr(dm, f"{tasks}_tasks"), model.adapt,
                          model.inner, model.hparams.gamma, protocol, label="meta-init")

@@ -21,34 +21,27 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from families import KS  # noqa: E402
 from runs import ROOT, readme_table  # noqa: E402
+from seeds import evaluate  # noqa: E402
 from val_screen import runs_of  # noqa: E402
 
-from mamldqn_pl import MetaDQNDataModule  # noqa: E402
-from mamldqn_pl.evaluation import Protocol, evaluate_init  # noqa: E402
-from mamldqn_pl.metainit import MetaInit  # noqa: E402
 from mamldqn_pl.report import write_csv  # noqa: E402
 
 COLUMNS = ("variant", "seed", "checkpoint", "step", "k", "group", "n", "mean")
 
 
 def group_returns(checkpoint: Path, ks: list[int], episodes: int) -> tuple[int, dict[tuple[int, str], list[float]]]:
-    """The checkpoint's step and its validation returns by (K, group) under meta_val's protocol."""
-    init = MetaInit.load(checkpoint)
-    model, data = init.model, MetaDQNDataModule(**init.data)
-    protocol = Protocol.of(data.hparams, sorted(set(ks)), episodes, [0, 1, 2])
-    net = model.init_net  # the EMA of theta where the run kept one: what validation plays
-    rows = evaluate_init(net, dict(net.named_parameters()), data.family, data.val_tasks, model.adapt, model.inner,
-                         model.hparams.gamma, protocol)
+    """The checkpoint's step and its validation returns by (K, group) under meta_val's protocol (seeds.evaluate on
+    the validation tasks: the EMA of theta where the run kept one, as validation plays it)."""
+    step, rows = evaluate(checkpoint, "val", sorted(set(ks)), episodes)
     out: dict[tuple[int, str], list[float]] = defaultdict(list)
     for r in rows:
         out[(r["k"], r["group"] or "all")].append(r["return"])
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]), out
+    return step, out
 
 
 def main() -> None:

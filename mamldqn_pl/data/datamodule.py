@@ -286,8 +286,9 @@ class MetaDQNDataModule(pl.LightningDataModule):
             return
         old = np.flatnonzero(self.collector.env_steps.numpy() >= hp.retire_after)
         if len(old):
-            fresh = self.family.sample_like([self.pool[slot] for slot in old.tolist()], self.task_generator)
-            for slot, task in zip(old.tolist(), fresh):
+            slots = old.tolist()
+            fresh = self.family.sample_like([self.pool[slot] for slot in slots], self.task_generator)
+            for slot, task in zip(slots, fresh):
                 self.pool[slot] = task
             self.env.set_tasks(old, fresh)
             self.warm[old] = False
