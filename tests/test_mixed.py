@@ -1,7 +1,9 @@
 """Mixed families: zero padding and action masking, so a masked action is never chosen or bootstrapped from."""
 
 import numpy as np
+import pytest
 import torch
+from conftest import ROOT, refused
 
 from mamldqn_pl.data import MetaDQNDataModule, epsilon_greedy
 from mamldqn_pl.data.collector import masked_argmax
@@ -91,3 +93,42 @@ def test_retired_tasks_are_replaced_from_their_own_member_so_the_pool_keeps_its_
         assert [t.member for t in dm.pool] == members
     assert replaced >= 6  # tasks did retire, several times each slot on average
     assert (dm.env.action_counts == np.array([2, 3] * 3)).all()
+
+
+SHARED = [{**MEMBERS[0], "pool_share": 1}, {**MEMBERS[1], "pool_share": 3}]
+
+
+def test_pool_shares_weigh_the_training_pool_and_leave_the_held_out_tasks_balanced():
+    """`pool_share` gives MountainCar 3/4 of the seed example's training slots, spread evenly over the pool; the
+    validation and test tasks still alternate members; retirements keep every slot's member; equal shares draw
+    exactly the tasks of no shares."""
+    family = make_family("mixed", members=SHARED)
+    pool = [t.member for t in family.sample(64, make_generator(0))]
+    assert sum(pool) == 48 and sum(pool[:32]) == 24 and sum(pool[:4]) == 3
+    assert [t.member for t in family.sample(5, make_generator(0))] == [1, 1, 0, 1, 1]  # 1.25 / 3.75: largest rest
+    assert [t.member for t in family.sample(6, make_generator(0), balanced=True)] == [0, 1] * 3
+    equal = make_family("mixed", members=[{**m, "pool_share": 2.5} for m in MEMBERS])
+    assert equal.sample(9, make_generator(3)) == make_family("mixed", members=MEMBERS).sample(9, make_generator(3))
+    dm = MetaDQNDataModule(family="mixed", members=SHARED, pool_size=8, tasks_per_batch=3, support_size=16,
+                           query_size=16, learning_starts=40, adapt_budget=20, buffer_capacity=100, n_val_tasks=4,
+                           n_test_tasks=4, retire_after=50, collect_steps=4)
+    dm._build(rank=0)
+    assert [t.member for t in dm.val_tasks] == [t.member for t in dm.test_tasks] == [0, 1, 0, 1]
+    dm.attach_policy(lambda obs: torch.zeros(len(obs), 3), lambda: 0.5)
+    members = [t.member for t in dm.pool]
+    assert sum(members) == 6
+    for _ in range(60):
+        dm.next_batch()
+        assert [t.member for t in dm.pool] == members
+
+
+@pytest.mark.parametrize("shares, needle", [
+    ([0, 1], "data.members[0].pool_share: 0; allowed: a number > 0"),
+    (["half", 1], "data.members[0].pool_share: 'half'; allowed: a number > 0"),
+    ([None, 2], "data.members: pool_share given for members [1] only; give it to every member or to none"),
+])
+def test_a_bad_pool_share_is_refused_in_one_line(shares, needle, capsys):
+    members = [{**m, **({"pool_share": s} if s is not None else {})} for m, s in zip(MEMBERS, shares)]
+    code, lines = refused(["fit", "--config", str(ROOT / "configs/seed_cartpole_mountaincar.yaml"), "--data.members",
+                           str(members).replace("False", "false").replace("None", "null")], capsys)
+    assert code == 2 and len(lines) == 1 and needle in lines[0], lines

@@ -52,7 +52,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
             default: on for cartpole, off for the others.
         env_id: the gymnasium env id of the `gym` family.
         env_kwargs: family options (nav2d: directions 4 or 8).
-        members: for `mixed`, a list of {family, ranges, flip, env_id, env_kwargs}.
+        members: for `mixed`, a list of {family, ranges, flip, env_id, env_kwargs, pool_share}; pool_share (all
+            members or none) weighs a member's slots in the training pool; validation and test stay one per member.
         pool_size: tasks in the training pool at once.
         tasks_per_batch: tasks sampled per meta-step (m).
         collect_steps: env steps per sampled task per meta-step.

@@ -84,22 +84,40 @@ class MixedEnv:
 
 
 class MixedFamily(Family):
-    """Members are families; task i belongs to member i mod k (every member equally often)."""
+    """Members are families; task i belongs to member i mod k (every member equally often), except in a training
+    pool drawn with `pool_shares`: member j then owns round(n * share_j) of its n slots."""
 
     name = "mixed"
 
-    def __init__(self, members: Sequence[Family]) -> None:
+    def __init__(self, members: Sequence[Family], pool_shares: Sequence[float] | None = None) -> None:
         require(len(members) >= 2, "data.members: a mixed family needs at least two member families")
+        require(pool_shares is None or (len(pool_shares) == len(members) and all(s > 0 for s in pool_shares)),
+                f"data.members: pool_share {list(pool_shares or [])}: give every member a share > 0, or none")
         self.members = list(members)
+        self.pool_shares = None if pool_shares is None else [s / sum(pool_shares) for s in pool_shares]
         self.obs_dim = max(m.obs_dim for m in members)
         self.n_actions = max(m.n_actions for m in members)
         self.obs_scale = tuple(1.0 for _ in range(self.obs_dim))  # each member's scale is applied in MixedEnv
         self.flip = any(m.flip for m in members)
 
     def sample(self, n: int, generator: torch.Generator, balanced: bool = False) -> list[Task]:
+        """n tasks; the validation and test sets (`balanced`) always deal members in turn, the training pool by
+        `pool_shares` where given (a harder member can get more of the meta-training while the held-out tasks
+        still weigh every member alike)."""
         k = len(self.members)
-        per_member = [m.sample(len(range(j, n, k)), generator, balanced) for j, m in enumerate(self.members)]
-        return [self._own(per_member[i % k][i // k], i, i % k) for i in range(n)]
+        owner = np.arange(n) % k if balanced or self.pool_shares is None else self._owners(n)
+        per_member = [iter(m.sample(int((owner == j).sum()), generator, balanced))
+                      for j, m in enumerate(self.members)]
+        return [self._own(next(per_member[j]), i, j) for i, j in enumerate(owner.tolist())]
+
+    def _owners(self, n: int) -> np.ndarray:
+        """Member of each of n slots: counts by largest remainder of n * share, members interleaved evenly."""
+        exact = n * np.asarray(self.pool_shares)
+        counts = np.floor(exact).astype(np.int64)
+        counts[np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]] += 1
+        position = np.concatenate([(np.arange(c) + 0.5) / c for c in counts])
+        member = np.repeat(np.arange(len(counts)), counts)
+        return member[np.argsort(position, kind="stable")]
 
     def sample_like(self, old: Sequence[Task], generator: torch.Generator) -> list[Task]:
         """Fresh tasks to replace `old`, each from the member of the task it replaces, so the training pool keeps
