@@ -132,3 +132,42 @@ def test_a_bad_pool_share_is_refused_in_one_line(shares, needle, capsys):
     code, lines = refused(["fit", "--config", str(ROOT / "configs/seed_cartpole_mountaincar.yaml"), "--data.members",
                            str(members).replace("False", "false").replace("None", "null")], capsys)
     assert code == 2 and len(lines) == 1 and needle in lines[0], lines
+
+
+def test_member_feature_appends_a_one_hot_of_the_game_to_every_observation():
+    """`data.env_kwargs: {member_feature: true}`: after the zero-padded, scaled state comes a one-hot of the member,
+    in reset and step observations alike (the collector, the replay and evaluation all read these); without it the
+    observation is the padded state as before; any other option is refused in one line."""
+    plain = make_family("mixed", members=MEMBERS)
+    family = make_family("mixed", members=MEMBERS, env_kwargs={"member_feature": True})
+    assert (plain.obs_dim, family.obs_dim, family.state_dim) == (4, 6, 4) and len(family.obs_scale) == 6
+    tasks = family.sample(4, make_generator(0))
+    env, ref = family.batched(tasks, make_generator(1)), plain.batched(tasks, make_generator(1))
+    for _ in range(3):
+        assert np.array_equal(env.obs[:, :4], ref.obs)
+        assert np.array_equal(env.obs[:, 4:], np.eye(2, dtype=np.float32)[[0, 1, 0, 1]])
+        actions = np.array([1, 2, 0, 0])
+        (o, r, _, _), (o_ref, r_ref, _, _) = env.step(actions), ref.step(actions)
+        assert np.array_equal(o[:, :4], o_ref) and np.array_equal(r, r_ref)
+        assert np.array_equal(o[:, 4:], np.eye(2, dtype=np.float32)[[0, 1, 0, 1]])
+    dm = MetaDQNDataModule(family="mixed", members=MEMBERS, env_kwargs={"member_feature": True}, pool_size=6,
+                           tasks_per_batch=3, support_size=16, query_size=16, learning_starts=40, adapt_budget=20,
+                           buffer_capacity=100, n_val_tasks=2, n_test_tasks=2)
+    assert dm.obs_dim == 6
+    dm._build(rank=0)
+    dm.attach_policy(lambda obs: torch.zeros(len(obs), 3), lambda: 0.5)
+    batch = dm.next_batch()
+    members = torch.from_numpy(dm.env.owner)[batch["tasks"]]
+    for part in ("support", "query"):
+        for key in ("obs", "next_obs"):
+            assert torch.equal(batch[part][key][..., 4:], torch.eye(2)[members].unsqueeze(1).expand(-1, 16, -1))
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ("{member_feature: 1}", "data.env_kwargs.member_feature: 1; allowed: true, false"),
+    ("{directions: 4}", "data.env_kwargs: unknown keys ['directions'] for data.family mixed; allowed: member_feature"),
+])
+def test_a_bad_mixed_family_option_is_refused_in_one_line(kwargs, needle, capsys):
+    code, lines = refused(["fit", "--config", str(ROOT / "configs/seed_cartpole_mountaincar.yaml"), "--data.env_kwargs",
+                           kwargs], capsys)
+    assert code == 2 and len(lines) == 1 and needle in lines[0], lines

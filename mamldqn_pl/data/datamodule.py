@@ -51,7 +51,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         flip: draw a hidden action flip per task (action a means n-1-a; CartPole: the force sign);
             default: on for cartpole, off for the others.
         env_id: the gymnasium env id of the `gym` family.
-        env_kwargs: family options (nav2d: directions 4 or 8).
+        env_kwargs: family options (nav2d: directions 4 or 8; mixed: member_feature, a one-hot of the member after
+            the padded observation).
         members: for `mixed`, a list of {family, ranges, flip, env_id, env_kwargs, pool_share}; pool_share (all
             members or none) weighs a member's slots in the training pool; validation and test stay one per member.
         pool_size: tasks in the training pool at once.

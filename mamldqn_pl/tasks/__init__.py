@@ -51,7 +51,15 @@ def make_family(name: str, ranges: Mapping[str, Sequence[float]] | None = None, 
         if any(s is not None for s in shares) and any(s is None for s in shares):
             raise ConfigError(f"data.members: pool_share given for members {[j for j, s in enumerate(shares) if s]}"
                               " only; give it to every member or to none")
-        return MixedFamily(built, None if shares[0] is None else [float(s) for s in shares])
+        options = dict(env_kwargs or {})
+        unknown = set(options) - {"member_feature"}
+        if unknown:
+            raise ConfigError(f"data.env_kwargs: unknown keys {sorted(unknown)} for data.family mixed; allowed: "
+                              "member_feature")
+        feature = options.get("member_feature", False)
+        if not isinstance(feature, bool):
+            raise ConfigError(f"data.env_kwargs.member_feature: {feature!r}; allowed: true, false")
+        return MixedFamily(built, None if shares[0] is None else [float(s) for s in shares], feature)
     if members:
         raise ConfigError(f"data.members: only used with data.family mixed, not {name!r}")
     if name == "gym":

@@ -1,6 +1,9 @@
 """Mixed families: one meta-batch whose tasks come from different environments (the seed's CartPole +
 MountainCar example). Observations are scaled per member and zero-padded to the largest dimension; each
-slot carries its action count, and actions beyond it are masked out of every max, argmax and random choice."""
+slot carries its action count, and actions beyond it are masked out of every max, argmax and random choice.
+With `member_feature`, a one-hot of the member follows the padded observation: which game a task is (its
+observation and action spaces, which every agent sees) is then an input, not something the network must infer
+from a zero-padded state."""
 
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ class MixedEnv:
     def _pad(self, j: int, obs: np.ndarray) -> np.ndarray:
         out = np.zeros((len(obs), self.obs_dim), dtype=np.float32)
         out[:, : obs.shape[1]] = obs / self.scales[j]
+        if self.family.member_feature:
+            out[:, self.family.state_dim + j] = 1.0
         return out
 
     @property
@@ -89,13 +94,16 @@ class MixedFamily(Family):
 
     name = "mixed"
 
-    def __init__(self, members: Sequence[Family], pool_shares: Sequence[float] | None = None) -> None:
+    def __init__(self, members: Sequence[Family], pool_shares: Sequence[float] | None = None,
+                 member_feature: bool = False) -> None:
         require(len(members) >= 2, "data.members: a mixed family needs at least two member families")
         require(pool_shares is None or (len(pool_shares) == len(members) and all(s > 0 for s in pool_shares)),
                 f"data.members: pool_share {list(pool_shares or [])}: give every member a share > 0, or none")
         self.members = list(members)
         self.pool_shares = None if pool_shares is None else [s / sum(pool_shares) for s in pool_shares]
-        self.obs_dim = max(m.obs_dim for m in members)
+        self.member_feature = member_feature
+        self.state_dim = max(m.obs_dim for m in members)  # the padded state; the member's one-hot follows it
+        self.obs_dim = self.state_dim + (len(members) if member_feature else 0)
         self.n_actions = max(m.n_actions for m in members)
         self.obs_scale = tuple(1.0 for _ in range(self.obs_dim))  # each member's scale is applied in MixedEnv
         self.flip = any(m.flip for m in members)
