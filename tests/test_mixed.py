@@ -7,6 +7,7 @@ from conftest import ROOT, refused
 
 from mamldqn_pl.data import MetaDQNDataModule, epsilon_greedy
 from mamldqn_pl.data.collector import masked_argmax
+from mamldqn_pl.errors import ConfigError
 from mamldqn_pl.meta import td_target
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import make_family
@@ -107,6 +108,9 @@ def test_pool_shares_weigh_the_training_pool_and_leave_the_held_out_tasks_balanc
     assert sum(pool) == 48 and sum(pool[:32]) == 24 and sum(pool[:4]) == 3
     assert [t.member for t in family.sample(5, make_generator(0))] == [1, 1, 0, 1, 1]  # 1.25 / 3.75: largest rest
     assert [t.member for t in family.sample(6, make_generator(0), balanced=True)] == [0, 1] * 3
+    with pytest.raises(ConfigError, match="leaves member 0 no slot of the 4 in the pool"):
+        make_family("mixed", members=[{**MEMBERS[0], "pool_share": 1}, {**MEMBERS[1], "pool_share": 15}]).sample(
+            4, make_generator(0))
     equal = make_family("mixed", members=[{**m, "pool_share": 2.5} for m in MEMBERS])
     assert equal.sample(9, make_generator(3)) == make_family("mixed", members=MEMBERS).sample(9, make_generator(3))
     dm = MetaDQNDataModule(family="mixed", members=SHARED, pool_size=8, tasks_per_batch=3, support_size=16,

@@ -123,6 +123,9 @@ class MixedFamily(Family):
         exact = n * np.asarray(self.pool_shares)
         counts = np.floor(exact).astype(np.int64)
         counts[np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]] += 1
+        require(counts.min() >= 1, f"data.members: pool_share {[round(x, 4) for x in self.pool_shares]} leaves "
+                f"member {int(counts.argmin())} no slot of the {n} in the pool (data.pool_size); give it a larger "
+                "share")
         position = np.concatenate([(np.arange(c) + 0.5) / c for c in counts])
         member = np.repeat(np.arange(len(counts)), counts)
         return member[np.argsort(position, kind="stable")]
