@@ -175,3 +175,22 @@ def test_a_bad_mixed_family_option_is_refused_in_one_line(kwargs, needle, capsys
     code, lines = refused(["fit", "--config", str(ROOT / "configs/seed_cartpole_mountaincar.yaml"), "--data.env_kwargs",
                            kwargs], capsys)
     assert code == 2 and len(lines) == 1 and needle in lines[0], lines
+
+
+def test_seed_dynamics_config_is_the_seed_example_with_the_screened_flags():
+    """The README's seed_cartpole_mountaincar_dynamics rows were trained as configs/seed_cartpole_mountaincar.yaml
+    plus these flags (benchmarks/families.py --variant nstep3_anil_dyn_ema_12k_rs_mf); the shipped config must stay
+    exactly that."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "configs/seed_cartpole_mountaincar.yaml").read_text())
+    variant = yaml.safe_load((ROOT / "configs/seed_cartpole_mountaincar_dynamics.yaml").read_text())
+    flags = {"model": {"algorithm": "anil", "inner_solver": "dynamics", "ema_decay": 0.998},
+             "data": {"n_step": 3, "env_kwargs": {"member_feature": True}, "epsilon_adapt": 1.0},
+             "trainer": {"max_steps": 12000}}
+    for section, values in flags.items():
+        assert {k: variant[section].pop(k) for k in values} == values
+        base[section] = {k: v for k, v in base[section].items() if k not in values}
+    assert variant.pop("run_dir") == "lightning_logs/seed_cartpole_mountaincar_dynamics"
+    assert base.pop("run_dir") == "lightning_logs/seed_cartpole_mountaincar"
+    assert variant == base
