@@ -140,8 +140,8 @@ def test_a_bad_pool_share_is_refused_in_one_line(shares, needle, capsys):
 
 def test_member_feature_appends_a_one_hot_of_the_game_to_every_observation():
     """`data.env_kwargs: {member_feature: true}`: after the zero-padded, scaled state comes a one-hot of the member,
-    in reset and step observations alike (the collector, the replay and evaluation all read these); without it the
-    observation is the padded state as before; any other option is refused in one line."""
+    in reset and step observations alike (the collector, the replay and evaluation all read these), and in the
+    meta-batches' support and query; without it the observation is the padded state as before."""
     plain = make_family("mixed", members=MEMBERS)
     family = make_family("mixed", members=MEMBERS, env_kwargs={"member_feature": True})
     assert (plain.obs_dim, family.obs_dim, family.state_dim) == (4, 6, 4) and len(family.obs_scale) == 6
