@@ -30,27 +30,18 @@ def make_family(name: str, ranges: Mapping[str, Sequence[float]] | None = None, 
             raise ConfigError("data.family mixed: give ranges and env_id per member in data.members, not at top")
         if not members:
             raise ConfigError("data.members: a mixed family needs a list of members ({family: ..., ranges: ...})")
-        built, shares = [], []
+        built = []
         for j, spec in enumerate(members):
             spec = dict(spec)
             unknown = set(spec) - {"family", "ranges", "flip", "env_id", "env_kwargs", "pool_share"}
             if unknown:
                 raise ConfigError(f"data.members[{j}]: unknown keys {sorted(unknown)}; allowed: family, ranges, "
                                   "flip, env_id, env_kwargs, pool_share")
-            share = spec.get("pool_share")
-            if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
-                                      or not share > 0):
-                raise ConfigError(f"data.members[{j}].pool_share: {share!r}; allowed: a number > 0 (the member's "
-                                  "weight in the training pool)")
-            shares.append(share)
             if spec.get("family") in (None, "mixed"):
                 raise ConfigError(f"data.members[{j}].family: {spec.get('family')!r}; allowed: "
                                   f"{', '.join(n for n in ALL_NAMES if n != 'mixed')}")
             built.append(make_family(spec["family"], spec.get("ranges"), spec.get("flip"), spec.get("env_id"),
                                      spec.get("env_kwargs"), None, f"data.members[{j}].ranges"))
-        if any(s is not None for s in shares) and any(s is None for s in shares):
-            raise ConfigError(f"data.members: pool_share given for members {[j for j, s in enumerate(shares) if s]}"
-                              " only; give it to every member or to none")
         options = dict(env_kwargs or {})
         unknown = set(options) - {"member_feature"}
         if unknown:
@@ -59,7 +50,7 @@ def make_family(name: str, ranges: Mapping[str, Sequence[float]] | None = None, 
         feature = options.get("member_feature", False)
         if not isinstance(feature, bool):
             raise ConfigError(f"data.env_kwargs.member_feature: {feature!r}; allowed: true, false")
-        return MixedFamily(built, None if shares[0] is None else [float(s) for s in shares], feature)
+        return MixedFamily(built, [spec.get("pool_share") for spec in members], feature)
     if members:
         raise ConfigError(f"data.members: only used with data.family mixed, not {name!r}")
     if name == "gym":

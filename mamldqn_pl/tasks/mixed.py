@@ -94,13 +94,21 @@ class MixedFamily(Family):
 
     name = "mixed"
 
-    def __init__(self, members: Sequence[Family], pool_shares: Sequence[float] | None = None,
+    def __init__(self, members: Sequence[Family], pool_shares: Sequence[float | None] | None = None,
                  member_feature: bool = False) -> None:
+        """`pool_shares`: each member's `data.members[j].pool_share`, None where not given (all or none)."""
         require(len(members) >= 2, "data.members: a mixed family needs at least two member families")
-        require(pool_shares is None or (len(pool_shares) == len(members) and all(s > 0 for s in pool_shares)),
-                f"data.members: pool_share {list(pool_shares or [])}: give every member a share > 0, or none")
+        shares = list(pool_shares or [None] * len(members))
+        require(len(shares) == len(members), f"pool_shares: {shares}: one per member ({len(members)})")
+        for j, share in enumerate(shares):
+            require(share is None or (not isinstance(share, bool) and isinstance(share, (int, float)) and share > 0),
+                    f"data.members[{j}].pool_share: {share!r}; allowed: a number > 0 (the member's weight in the "
+                    "training pool)")
+        given = [j for j, share in enumerate(shares) if share is not None]
+        require(len(given) in (0, len(shares)), f"data.members: pool_share given for members {given} only; give it "
+                "to every member or to none")
         self.members = list(members)
-        self.pool_shares = None if pool_shares is None else [s / sum(pool_shares) for s in pool_shares]
+        self.pool_shares = [s / sum(shares) for s in shares] if given else None
         self.member_feature = member_feature
         self.state_dim = max(m.obs_dim for m in members)  # the padded state; the member's one-hot follows it
         self.obs_dim = self.state_dim + (len(members) if member_feature else 0)
