@@ -8,7 +8,12 @@ of observations, loadable with torch alone), OUT/adapt.json (returns at every K 
 with --video, OUT/before.gif and OUT/after.gif (one greedy episode of the initialisation and of the adapted
 network). The task is either --task (the checkpoint's own family, by its parameters) or --env_id (any
 registered gymnasium env with a Discrete action space and the checkpoint's sizes, or a `module:Class` entry
-point).
+point). A mixed-family checkpoint (e.g. configs/seed_cartpole_mountaincar_dynamics.yaml) adapts to a plain env of
+one of its members, named by --member (its family, e.g. mountaincar, or index; with --env_id of a member's own env
+it may be left out):
+
+    mamldqn adapt --ckpt_path lightning_logs/seed_cartpole_mountaincar_dynamics/checkpoints/best.ckpt \
+        --env_id MountainCar-v0 --budget 200 --k 3 --out adapted_mc/
 """
 
 from __future__ import annotations
@@ -54,10 +59,13 @@ def _check_params(values: dict[str, float], family, flag: str) -> None:
     check_ranges({k: [v, v] for k, v in values.items()}, family.floors, flag)
 
 
-def task_maker(init: MetaInit, params: dict, flip: bool) -> EnvMaker:
-    """--task: gymnasium's own env of the checkpoint's family with these constants (unknown names refused)."""
+def task_maker(init: MetaInit, params: dict, flip: bool, member: str | None = None) -> EnvMaker:
+    """--task: gymnasium's own env of the checkpoint's family with these constants (unknown names refused); of a
+    mixed checkpoint, the env of its member `member`."""
     family = init.family()
-    require(family.name != "mixed", "--task: a mixed-family checkpoint has no single env; use --env_id")
+    view = init.member_view(member)
+    if view is not None:
+        family = family.members[view.member]
     values = _floats(params, "--task")
     _check_params(values, family, "--task")
     task = Task(params=values, flip=-1 if flip else 1)
@@ -162,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--env_id", help="a registered gymnasium env id, or module:Class")
     parser.add_argument("--env_kwargs", help="JSON of keyword arguments of gym.make (with --env_id)")
     parser.add_argument("--env_attrs", help="JSON of attributes set on the unwrapped env (with --env_id)")
+    parser.add_argument("--member", help="a mixed-family checkpoint's member the task belongs to: its family "
+                        "(e.g. mountaincar) or index")
     parser.add_argument("--flip", action="store_true", help="reverse the action order (the hidden flip)")
     parser.add_argument("--budget", type=int, default=None, help="new-task env steps (default: the trained one)")
     parser.add_argument("--k", type=int, default=None, help="inner steps (default: the trained K)")
@@ -179,16 +189,19 @@ def main(argv: list[str] | None = None) -> None:
                     "--env_kwargs/--env_attrs: only with --env_id (--task takes the parameters itself)")
         init = MetaInit.load(args.ckpt_path)
         if args.task is not None:
-            make = task_maker(init, _json(args.task, "--task"), args.flip)
+            make = task_maker(init, _json(args.task, "--task"), args.flip, args.member)
         else:
             make = env_maker(args.env_id, _json(args.env_kwargs, "--env_kwargs"),
                              _json(args.env_attrs, "--env_attrs"), args.flip)
-        agent = init.adapt(make(None), args.budget, args.k, args.epsilon, args.rounds, args.episodes, args.seed)
+        env = make(None)
+        agent = init.adapt(env, args.budget, args.k, args.epsilon, args.rounds, args.episodes, args.seed,
+                           args.member)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if args.video:
-            before = record_gif(init.net, make, out / "before.gif", args.seed)
-            after = record_gif(agent.net, make, out / "after.gif", args.seed)
+            before = record_gif(init.policy(args.member, env.spec.id if env.spec else None), make,
+                                out / "before.gif", args.seed)
+            after = record_gif(agent.policy, make, out / "after.gif", args.seed)
             agent.report["video"] = {"before.gif": before, "after.gif": after}
     except ConfigError as err:
         print(f"mamldqn adapt: error: {err}", file=sys.stderr)

@@ -4,6 +4,8 @@
     agent = init.adapt(gym.make("CartPole-v1"), budget=200, k=5)
     action = agent.act(obs)
     agent.save("adapted.pt"); agent.export("policy.pt2")
+    mixed = MetaInit.load("lightning_logs/seed_cartpole_mountaincar_dynamics/checkpoints/best.ckpt")
+    agent = mixed.adapt(gym.make("MountainCar-v0"), k=3)  # one member's own env: padded, its actions only
 
 `adapt` runs the meta-test protocol's own functions (mamldqn_pl.evaluation) on one environment: support
 collection with the initialisation, the checkpoint's own inner update (its learned rates for Meta-SGD), greedy
@@ -20,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mamldqn_pl.checkpoints import read_checkpoint
 from mamldqn_pl.data.collector import Collector
@@ -30,22 +32,47 @@ from mamldqn_pl.evaluation import adapted_weights, collect, greedy_returns, supp
 from mamldqn_pl.meta import QNetwork, batched_q, split_for_adaptation
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import Family, GymVectorEnv, Task, make_family
+from mamldqn_pl.tasks.mixed import MemberObservation, MemberView
 
 AGENT_FORMAT = "mamldqn-adapted-agent/1"
 
 
-class Agent:
-    """An adapted Q-network, a plain QNetwork: greedy actions, save/load (weights only), export."""
+class MemberQNetwork(nn.Module):
+    """A mixed family's Q-network on one member's own observations: MemberView's padding in torch (scale, zeros to
+    the family's state, the member's one-hot) and the member's actions only. What an agent adapted to a plain
+    MountainCar-v0 from a CartPole + MountainCar checkpoint acts and exports with."""
 
-    def __init__(self, net: QNetwork, report: dict[str, Any] | None = None) -> None:
+    def __init__(self, net: QNetwork, view: MemberView) -> None:
+        super().__init__()
+        self.net, self.view = net, view
+        self.register_buffer("scale", torch.tensor(view.scale, dtype=torch.float32))
+        tail = torch.zeros(view.obs_dim - view.raw_dim)
+        if view.one_hot:
+            tail[view.state_dim - view.raw_dim + view.member] = 1.0
+        self.register_buffer("tail", tail)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Q-values of the member's actions for observations [..., raw_dim]."""
+        x = torch.cat([obs / self.scale, self.tail.expand(*obs.shape[:-1], -1)], -1)
+        return self.net(x)[..., : self.view.n_actions]
+
+
+class Agent:
+    """An adapted Q-network, a plain QNetwork: greedy actions, save/load (weights only), export. Adapted from a
+    mixed-family checkpoint to one member's task, it also holds that member's view and acts on the member's own
+    observations (`policy`)."""
+
+    def __init__(self, net: QNetwork, report: dict[str, Any] | None = None, member: MemberView | None = None) -> None:
         self.net = net.eval()
         self.report = report or {}
+        self.member = member
+        self.policy: nn.Module = self.net if member is None else MemberQNetwork(self.net, member).eval()
 
     @torch.no_grad()
     def q_values(self, obs) -> Tensor:
-        """Q(s, .) for one observation [obs_dim] or a batch [n, obs_dim]."""
+        """Q(s, .) for one observation [obs_dim] or a batch [n, obs_dim] (a member's: its own obs and actions)."""
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
-        return self.net(x)
+        return self.policy(x)
 
     def act(self, obs) -> int | np.ndarray:
         """The greedy action: an int for one observation, an array for a batch."""
@@ -55,7 +82,8 @@ class Agent:
     def save(self, path: str | Path) -> None:
         """Weights and what rebuilds the network, as plain data (loads with torch.load(weights_only=True))."""
         torch.save({"format": AGENT_FORMAT, "arch": self.net.arch(), "state_dict": self.net.state_dict(),
-                    "report": self.report}, path)
+                    "report": self.report, "member": None if self.member is None else self.member.to_dict()},
+                   path)
 
     @classmethod
     def load(cls, path: str | Path) -> Agent:
@@ -67,26 +95,27 @@ class Agent:
                 f"{path}: not an agent saved by Agent.save ({AGENT_FORMAT})")
         net = QNetwork(**saved["arch"])
         net.load_state_dict(saved["state_dict"])
-        return cls(net, saved.get("report"))
+        member = saved.get("member")
+        return cls(net, saved.get("report"), None if member is None else MemberView.from_dict(member))
 
     def export(self, path: str | Path) -> None:
         """The network as a torch.export program (.pt2): `torch.export.load(path).module()(obs)` gives Q-values
-        for a batch of observations [n, obs_dim] in any Python with torch, without this package."""
-        example = torch.zeros(2, self.net.obs_dim)
+        for a batch of observations [n, obs_dim] in any Python with torch, without this package (a member's
+        agent: of the member's own observations [n, raw_dim], its actions only)."""
+        example = torch.zeros(2, self.net.obs_dim if self.member is None else self.member.raw_dim)
         batch = torch.export.Dim("batch", min=1)
-        program = torch.export.export(self.net, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(self.policy, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path))
 
 
-def check_env(env: gym.Env, obs_dim: int, n_actions: int, what: str) -> None:
+def check_env(env: gym.Env, obs_dim: int, n_actions: int, what: str, net: str = "the checkpoint's network") -> None:
     """The env must match the network: a 1-D Box of obs_dim and Discrete(n_actions); else one line naming both."""
     obs, act = env.observation_space, env.action_space
     require(isinstance(act, gym.spaces.Discrete),
-            f"{what}: action space {act} is not Discrete; the checkpoint's Q-network has {n_actions} discrete actions")
+            f"{what}: action space {act} is not Discrete; {net} has {n_actions} discrete actions")
     require(isinstance(obs, gym.spaces.Box) and obs.shape == (obs_dim,),
-            f"{what}: observation space {obs} does not fit the checkpoint's network (obs_dim {obs_dim})")
-    require(int(act.n) == n_actions,
-            f"{what}: {int(act.n)} actions, the checkpoint's network has {n_actions}")
+            f"{what}: observation space of shape {getattr(obs, 'shape', obs)} does not fit {net} (obs_dim {obs_dim})")
+    require(int(act.n) == n_actions, f"{what}: {int(act.n)} actions, {net} has {n_actions}")
 
 
 class MetaInit:
@@ -134,12 +163,24 @@ class MetaInit:
                            d.get("env_kwargs"), d.get("members"))
 
     # ---- adaptation ---------------------------------------------------------------------------------------
+    def member_view(self, member: int | str | None, env_id: str | None = None) -> MemberView | None:
+        """A mixed-family checkpoint: the view of the member a task belongs to (`MixedFamily.member_index`); any
+        other checkpoint: None, and a member given anyway is refused in one line."""
+        family = self.family()
+        if family.name != "mixed":
+            require(member is None, f"--member: {member!r}; only for a mixed-family checkpoint (this one's family "
+                    f"is {family.name!r})")
+            return None
+        return family.view(family.member_index(member, env_id))
+
     def adapt(self, env: gym.Env, budget: int | None = None, k: int | None = None, epsilon: float | None = None,
-              rounds: int = 1, episodes: int = 5, seed: int = 0) -> Agent:
+              rounds: int = 1, episodes: int = 5, seed: int = 0, member: int | str | None = None) -> Agent:
         """Collect `budget` env steps with the initialisation (epsilon-greedy), take K inner steps from it, and
         return the adapted agent; its `report` holds greedy returns at every K' <= K. With `rounds` > 1, each
         further round collects `budget` more steps with the adapted policy and adapts again from the
-        initialisation on all data so far (online adaptation)."""
+        initialisation on all data so far (online adaptation). A mixed-family checkpoint adapts on a plain env of
+        one member (`member`: its index or family name; without it, the member whose env id is the env's): the
+        env's observations are padded as in training and only the member's actions are played."""
         budget = int(self.data.get("adapt_budget", 200)) if budget is None else budget
         k = int(self.model.hparams.inner_steps) if k is None else k
         epsilon = float(self.data.get("epsilon_adapt", 0.25)) if epsilon is None else epsilon
@@ -149,7 +190,13 @@ class MetaInit:
         require(0.0 <= epsilon <= 1.0, f"--epsilon: {epsilon} must lie in [0, 1]")
         require(rounds >= 1, f"--rounds: {rounds} must be >= 1")
         require(episodes >= 1, f"--episodes: {episodes} must be >= 1")
-        check_env(env, self.obs_dim, self.n_actions, "env")
+        view = self.member_view(member, env.spec.id if env.spec is not None else None)
+        if view is not None:
+            check_env(env, view.raw_dim, view.n_actions, "env",
+                      f"the checkpoint's member {view.member} ({view.name})")
+            env = MemberObservation(env, view)
+        else:
+            check_env(env, self.obs_dim, self.n_actions, "env")
         net, model = self.net, self.model
         params = {name: p.detach() for name, p in net.named_parameters()}
         split = split_for_adaptation(net, params, model.adapt)
@@ -157,6 +204,8 @@ class MetaInit:
         limit = env.spec.max_episode_steps if env.spec is not None and env.spec.max_episode_steps else 1000
         spec = SimpleNamespace(obs_dim=self.obs_dim, n_actions=self.n_actions, max_episode_steps=limit)
         venv = GymVectorEnv(spec, [Task({})], generator, envs=[env])
+        if view is not None:
+            venv.action_counts[:] = view.n_actions  # the network's other actions are masked, as in training
         n_step = int(self.data.get("n_step", 1))  # the TD targets the init was trained with
         buffers = ReplayBuffers(1, max(budget * rounds, 1), self.obs_dim, n_step=n_step)
         collector = Collector(venv, buffers, generator)
@@ -182,7 +231,15 @@ class MetaInit:
         report = {"checkpoint": self.source, "budget": budget, "k": k, "epsilon": epsilon, "rounds": rounds,
                   "episodes": episodes, "seed": seed, "support_size": int(buffers.size[0]),
                   "algorithm": model.algorithm, "adapt": model.adapt, "returns": rows}
-        return Agent(adapted, report)
+        if view is not None:
+            report["member"] = {"index": view.member, "family": view.name}
+        return Agent(adapted, report, view)
+
+    def policy(self, member: int | str | None = None, env_id: str | None = None) -> nn.Module:
+        """The initialisation itself as a policy network on a task's own observations (a mixed checkpoint's:
+        on one member's, as `adapt` plays it)."""
+        view = self.member_view(member, env_id)
+        return self.net if view is None else MemberQNetwork(self.net, view).eval()
 
 
 def _slot_policy(net: QNetwork, params: dict[str, Tensor], fast: dict[str, Tensor]):

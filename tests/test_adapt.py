@@ -140,6 +140,8 @@ BAD_ADAPT = [
     (["--task", "{}", "--env_attrs", '{"length": 1}'], "only with --env_id"),
     (["--task", "{}", "--episodes", "0"], "--episodes: 0 must be >= 1"),
     (["--env_id", "nosuchmodule:Env"], "cannot import it"),
+    (["--env_id", "CartPole-v1", "--member", "0"], "--member: '0'; only for a mixed-family checkpoint (this one's "
+     "family is 'cartpole')"),
     ([], "one of the arguments --task --env_id is required"),
 ]
 

@@ -8,13 +8,61 @@ from a zero-padded state."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
-from mamldqn_pl.errors import require
+from mamldqn_pl.errors import ConfigError, require
 from mamldqn_pl.tasks.family import Family, Task
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """How one member's own observations enter the mixed family's network: scaled by the member's typical
+    magnitudes, zero-padded to the family's state, the member's one-hot after it (`member_feature`); and which of
+    the network's actions are the member's (the first `n_actions`). MixedEnv pads with it in training; a user's
+    plain env of that member (`MemberObservation`) and an adapted agent (`MemberQNetwork`) apply the same map, so
+    a mixed checkpoint plays gymnasium's own CartPole-v1 or MountainCar-v0."""
+
+    member: int
+    name: str
+    raw_dim: int
+    state_dim: int
+    obs_dim: int
+    n_actions: int
+    scale: tuple[float, ...]
+    one_hot: bool
+
+    def obs(self, raw: np.ndarray) -> np.ndarray:
+        """Padded observations [n, obs_dim] of the member's own [n, raw_dim]."""
+        out = np.zeros((len(raw), self.obs_dim), dtype=np.float32)
+        out[:, : self.raw_dim] = raw / np.asarray(self.scale, dtype=np.float32)
+        if self.one_hot:
+            out[:, self.state_dim + self.member] = 1.0
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemberView:
+        return cls(**{**d, "scale": tuple(d["scale"])})
+
+
+class MemberObservation(gym.ObservationWrapper):
+    """A plain env of one member (e.g. gymnasium's MountainCar-v0) as the mixed family's network sees it: its
+    observation padded by the member's view; its own Discrete actions (the network's first n_actions)."""
+
+    def __init__(self, env: gym.Env, view: MemberView) -> None:
+        super().__init__(env)
+        self.view = view
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (view.obs_dim,), np.float32)
+
+    def observation(self, observation):
+        return self.view.obs(np.asarray(observation, dtype=np.float32)[None])[0]
 
 
 class MixedEnv:
@@ -26,7 +74,7 @@ class MixedEnv:
         self.obs_dim, self.n_actions = family.obs_dim, family.n_actions
         n = len(tasks)
         self.envs = [m.batched([Task(params={})] * n, generator) for m in family.members]
-        self.scales = [np.asarray(m.obs_scale, dtype=np.float32) for m in family.members]
+        self.views = [family.view(j) for j in range(len(family.members))]
         self.max_episode_steps = max(e.max_episode_steps for e in self.envs)
         self.owner = np.zeros(n, dtype=np.int64)
         self.set_tasks(np.arange(n), tasks)
@@ -49,19 +97,12 @@ class MixedEnv:
         for j, env in enumerate(self.envs):
             env.reset(idx[self.owner[idx] == j])
 
-    def _pad(self, j: int, obs: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(obs), self.obs_dim), dtype=np.float32)
-        out[:, : obs.shape[1]] = obs / self.scales[j]
-        if self.family.member_feature:
-            out[:, self.family.state_dim + j] = 1.0
-        return out
-
     @property
     def obs(self) -> np.ndarray:
         out = np.zeros((len(self), self.obs_dim), dtype=np.float32)
         for j, env in enumerate(self.envs):
             rows = np.flatnonzero(self.owner == j)
-            out[rows] = self._pad(j, env.obs[rows])
+            out[rows] = self.views[j].obs(env.obs[rows])
         return out
 
     def step(self, actions: np.ndarray, idx: np.ndarray | None = None):
@@ -75,7 +116,7 @@ class MixedEnv:
             sel = self.owner[idx] == j
             if sel.any():
                 o, reward[sel], terminated[sel], truncated[sel] = env.step(actions[sel], idx[sel])
-                next_obs[sel] = self._pad(j, o)
+                next_obs[sel] = self.views[j].obs(o)
         return next_obs, reward, terminated, truncated
 
     def get_state(self) -> dict:
@@ -153,6 +194,34 @@ class MixedFamily(Family):
     def _own(self, t: Task, i: int, j: int) -> Task:
         """Member j's task t as task i of this family (its group names the member)."""
         return replace(t, index=i, member=j, group=self.members[j].name + (f"-{t.group}" if t.group else ""))
+
+    def view(self, j: int) -> MemberView:
+        """Member j's observations and actions in this family's network."""
+        m = self.members[j]
+        return MemberView(j, m.name, m.obs_dim, self.state_dim, self.obs_dim, m.n_actions,
+                          tuple(float(x) for x in m.obs_scale), self.member_feature)
+
+    def member_index(self, member: int | str | None, env_id: str | None = None) -> int:
+        """The member a user's task belongs to: its index, or its family's name (e.g. "mountaincar") where that
+        is unique; without one, the member whose env id is `env_id`. Anything else: one line naming the members."""
+        names = [m.name for m in self.members]
+        allowed = ", ".join(f"{j} ({name})" for j, name in enumerate(names))
+        if member is None:
+            owners = [j for j, m in enumerate(self.members) if env_id is not None and m.env_id == env_id]
+            if len(owners) == 1:
+                return owners[0]
+            why = f" ({env_id} is not the env of exactly one member)" if env_id else ""
+            raise ConfigError(f"--member: a mixed-family checkpoint needs the member the task belongs to{why}; "
+                              f"allowed: {allowed}")
+        if isinstance(member, str) and not member.isdigit():
+            if names.count(member) == 1:
+                return names.index(member)
+            raise ConfigError(f"--member: {member!r} names {'no' if member not in names else 'more than one'} "
+                              f"member; allowed: {allowed}")
+        j = int(member)
+        if isinstance(member, bool) or not 0 <= j < len(names):
+            raise ConfigError(f"--member: {member!r}; allowed: {allowed}")
+        return j
 
     def make_env(self, task: Task):
         return self.members[task.member].make_env(task)
