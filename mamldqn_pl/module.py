@@ -446,6 +446,7 @@ class MAMLDQN(pl.LightningModule):
             self._stop_if_diverged(meta_loss, "meta-loss")
             opt.zero_grad()
             self.manual_backward(meta_loss)
+        grad_norm = self._grad_norm() if logging_step else None
         if self.hparams.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         for group in opt.param_groups:
@@ -455,8 +456,24 @@ class MAMLDQN(pl.LightningModule):
             self.ema.update_parameters(self.net)
         self._stop_if_diverged(torch.stack([p.detach().isfinite().all() for p in self.net.parameters()]).all(),
                                "parameters after the meta-update")
-        self._log_step(batch, meta_loss, pre, post)
+        self._log_step(batch, meta_loss, pre, post, grad_norm)
         return meta_loss.detach()
+
+    @torch.no_grad()
+    def _grad_norm(self) -> Tensor:
+        """The meta-gradient's 2-norm before clipping (what grad_clip compares against)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    @torch.no_grad()
+    def diagnostics(self, batch: dict) -> dict[str, Tensor]:
+        """What a DQN's divergence shows first, at logging steps only: theta's Q-values of the query's own
+        actions (their mean and largest magnitude: bootstrapped values that grow without bound) and theta's
+        2-norm (weights that keep growing)."""
+        obs, actions = batch["query"]["obs"], batch["query"]["actions"]
+        q = self.net(obs).gather(-1, actions.long().unsqueeze(-1))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p) for p in self.net.parameters()]))
+        return {"train/q_taken": q.mean(), "train/q_taken_absmax": q.abs().max(), "train/theta_norm": norm}
 
     @contextlib.contextmanager
     def _weight_noise(self):
@@ -490,7 +507,8 @@ class MAMLDQN(pl.LightningModule):
         every = self.trainer.log_every_n_steps
         return every > 0 and step % every == 0
 
-    def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor | None, post: Tensor) -> None:
+    def _log_step(self, batch: dict, meta_loss: Tensor, pre: Tensor | None, post: Tensor,
+                  grad_norm: Tensor | None = None) -> None:
         """Log every log_every_n_steps meta-steps only: Lightning writes no more often, and a self.log call
         costs about as much as a tenth of a meta-step. Rates are averaged over the steps since the last log."""
         self.episode_return.update(batch["episode_returns"])  # empty where no episode ended: every rank counts it
@@ -504,6 +522,8 @@ class MAMLDQN(pl.LightningModule):
             "train/query_loss_pre": pre.mean(),
             "train/query_loss_post": post.mean(),
             "train/epsilon": self.epsilon(),
+            "train/grad_norm": grad_norm,
+            **self.diagnostics(batch),
         }
         if self._last_log_time is not None:
             dt = now - self._last_log_time

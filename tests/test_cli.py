@@ -32,8 +32,11 @@ def test_fit_writes_checkpoints_and_tensorboard_and_csv_logs(trained_run):
     assert list(trained_run.glob("events.out.tfevents.*"))
     rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
     for key in ("train/meta_loss", "train/query_loss_pre", "train/query_loss_post", "train/epsilon",
-                "perf/meta_steps_per_s", "meta_val/return_k0", "meta_val/return_k3"):
+                "perf/meta_steps_per_s", "meta_val/return_k0", "meta_val/return_k3", "train/grad_norm",
+                "train/q_taken", "train/q_taken_absmax", "train/theta_norm"):
         assert any(r.get(key) for r in rows), key
+    assert all(float(r["train/grad_norm"]) > 0 and float(r["train/theta_norm"]) > 0 for r in rows
+               if r.get("train/grad_norm"))
     ckpt = torch.load(trained_run / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20
     assert "datamodule_hyper_parameters" in ckpt

@@ -147,3 +147,23 @@ def test_the_meta_optimiser_steps_as_torchs_single_tensor_adam_bitwise():
         opt.step()
         ref.step()
     assert all(torch.equal(p, q) for p, q in zip(model.net.parameters(), ref_params))
+
+
+def test_logged_diagnostics_are_thetas_q_values_of_the_query_actions_and_the_pre_clip_gradient_norm():
+    model = MAMLDQN(hidden=[16, 16], inner_steps=2)
+    dm = MetaDQNDataModule(**SMALL_DATA)
+    dm._build(rank=0)
+    dm.attach_policy(model.q_values, lambda: 0.5)
+    batch = dm.next_batch()
+    d = model.diagnostics(batch)
+    q = torch.stack([model.net(o)[torch.arange(len(a)), a.long()] for o, a in
+                     zip(batch["query"]["obs"], batch["query"]["actions"])])
+    torch.testing.assert_close(d["train/q_taken"], q.mean())
+    torch.testing.assert_close(d["train/q_taken_absmax"], q.abs().max())
+    flat = torch.cat([p.detach().flatten() for p in model.net.parameters()])
+    torch.testing.assert_close(d["train/theta_norm"], flat.norm())
+    model.meta_objective(batch)[0].backward()
+    norm = model._grad_norm()
+    clipped = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-4)  # returns the norm before clipping
+    torch.testing.assert_close(norm, clipped)
+    assert norm > 1e-4 and model._grad_norm() <= 1e-4 * 1.01
