@@ -89,8 +89,10 @@ def test_the_cli_adapts_a_mixed_checkpoint_to_a_member_task(ckpt, tmp_path):
     from mamldqn_pl.adapt import main
 
     main(["--ckpt_path", str(ckpt), "--task", '{"length": 0.8}', "--member", "cartpole", "--budget", "40", "--k",
-          "1", "--episodes", "1", "--out", str(tmp_path / "out")])
+          "1", "--episodes", "1", "--video", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "before.gif").is_file() and (tmp_path / "out" / "after.gif").is_file()
     agent = Agent.load(tmp_path / "out" / "adapted.pt")
+    assert set(agent.report["video"]) == {"before.gif", "after.gif"}
     assert agent.member is not None and agent.member.name == "cartpole" and agent.report["member"]["index"] == 0
     assert agent.q_values(np.zeros(4, dtype=np.float32)).shape == (2,)
 
