@@ -410,3 +410,24 @@ def test_same_run_finds_equal_runs_equal_and_names_what_differs(tmp_path, monkey
         assert exit_info.value.code == code
         last = capsys.readouterr().out.strip().splitlines()[-1]
         assert (": bitwise equal (" if code == 0 else " tensors differ (") in last, last
+
+
+def test_reference_policy_climbs_every_mountaincar_task_of_the_mixed_config(tmp_path):
+    """benchmarks/reference_policies.py: energy pumping on the config's own MountainCar tasks (the mixed config's
+    MountainCar member only), one row per task set, task and evaluation seed, on gymnasium's env with the task's
+    constants; it reaches the goal (return above -200) on every one, which a policy that ignores the velocity does
+    not."""
+    import reference_policies
+
+    rows = reference_policies.rows_of("seed_cartpole_mountaincar_dynamics", episodes=1, seeds=(0,))
+    assert {r["init"] for r in rows} == {"seed_cartpole_mountaincar_dynamics/val",
+                                         "seed_cartpole_mountaincar_dynamics/test"}
+    assert len(rows) == (16 + 20) // 2 and all(-200 < r["return"] < -60 for r in rows)
+    from mamldqn_pl import MetaDQNDataModule
+
+    dm = MetaDQNDataModule(family="mixed", members=[{"family": "cartpole", "flip": False}, {"family": "mountaincar"}])
+    task = next(t for t in dm.test_tasks if t.member == 1)
+    env = dm.family.members[1].make_env(task)
+    assert reference_policies.play(env, lambda obs: 2, 0) == -200.0  # always right: never over the hill
+    reference_policies.main(["--configs", "mountaincar", "--out", str(tmp_path), "--name", "ref"])
+    assert "| mountaincar | held out | 60 |" in (tmp_path / "ref.md").read_text()
