@@ -431,3 +431,25 @@ def test_reference_policy_climbs_every_mountaincar_task_of_the_mixed_config(tmp_
     assert reference_policies.play(env, lambda obs: 2, 0) == -200.0  # always right: never over the hill
     reference_policies.main(["--configs", "mountaincar", "--out", str(tmp_path), "--name", "ref"])
     assert "| mountaincar | held out | 60 |" in (tmp_path / "ref.md").read_text()
+
+
+def test_train_diagnostics_reads_a_runs_logged_q_values_norms_and_validation(tmp_path):
+    """benchmarks/train_diagnostics.py on a real tiny fit: one row per validation check, the diagnostics' means over
+    the steps before it; a metrics.csv without them (a run before they were logged) is refused naming it."""
+    import train_diagnostics
+    from conftest import mamldqn
+
+    run = tmp_path / "run"
+    out = mamldqn("fit", *TINY, "--trainer.max_steps", "20", "--run_dir", str(run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    train_diagnostics.main(["--runs", str(run), "--k", "3", "--every", "10", "--out", str(tmp_path), "--name", "d"])
+    rows = list(csv.DictReader((tmp_path / "d.csv").open()))
+    assert [int(r["step"]) for r in rows] == [10, 20]
+    assert all(float(r["q_taken_absmax"]) >= abs(float(r["q_taken"])) and float(r["theta_norm"]) > 0
+               and float(r["grad_norm"]) > 0 for r in rows)
+    assert (tmp_path / "d.png").is_file() and "| run | 10 |" in (tmp_path / "d.md").read_text()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.csv").write_text("step,meta_val/return_k3,train/meta_loss\n10,5.0,\n10,,1.0\n")
+    with pytest.raises(SystemExit, match="no train/q_taken"):
+        train_diagnostics.main(["--runs", str(old), "--k", "3", "--out", str(tmp_path)])
