@@ -179,13 +179,13 @@ def test_a_bad_mixed_family_option_is_refused_in_one_line(kwargs, needle, capsys
 
 def test_seed_dynamics_config_is_the_seed_example_with_the_screened_flags():
     """The README's seed_cartpole_mountaincar_dynamics rows were trained as configs/seed_cartpole_mountaincar.yaml
-    plus these flags (benchmarks/families.py --variant nstep3_anil_dyn_ema_12k_rs_mf); the shipped config must stay
-    exactly that."""
+    plus these flags (benchmarks/families.py --variant nstep3_anil_dyn_ema_12k_rs_mf_ln); the shipped config must
+    stay exactly that."""
     import yaml
 
     base = yaml.safe_load((ROOT / "configs/seed_cartpole_mountaincar.yaml").read_text())
     variant = yaml.safe_load((ROOT / "configs/seed_cartpole_mountaincar_dynamics.yaml").read_text())
-    flags = {"model": {"algorithm": "anil", "inner_solver": "dynamics", "ema_decay": 0.998},
+    flags = {"model": {"algorithm": "anil", "inner_solver": "dynamics", "ema_decay": 0.998, "layer_norm": True},
              "data": {"n_step": 3, "env_kwargs": {"member_feature": True}, "epsilon_adapt": 1.0},
              "trainer": {"max_steps": 12000}}
     for section, values in flags.items():
