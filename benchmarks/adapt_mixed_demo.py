@@ -5,7 +5,7 @@ meets gymnasium's own CartPole-v1 and MountainCar-v0 (default constants) through
 
 The default checkpoints are the best ones of the three training seeds of
 configs/seed_cartpole_mountaincar_dynamics.yaml that `benchmarks/families.py --configs seed_cartpole_mountaincar
---variant nstep3_anil_dyn_ema_12k_rs_mf ...` trains (README, "Task families"). For each checkpoint, game and
+--variant nstep3_anil_dyn_ema_12k_rs_mf_ln ...` trains (README, "Task families"). For each checkpoint, game and
 adaptation seed (0, 1, 2): `MetaInit.adapt(gym.make(env_id), budget=200, k=K)` (the member found by the env's id),
 greedy return at every K' <= K over 5 episodes. Writes docs/results/NAME.{csv,png} and the README table between the
 `<!-- NAME.md -->` markers: per game and K, the mean over checkpoints and adaptation seeds and each checkpoint's.
@@ -24,7 +24,7 @@ from runs import ROOT, readme_table
 from mamldqn_pl.metainit import MetaInit
 from mamldqn_pl.report import write_csv
 
-RUN = ("lightning_logs/families/seed_cartpole_mountaincar_nstep3_anil_dyn_ema_12k_rs_mf_meta-init_s{}/checkpoints/"
+RUN = ("lightning_logs/families/seed_cartpole_mountaincar_nstep3_anil_dyn_ema_12k_rs_mf_ln_meta-init_s{}/checkpoints/"
        "best.ckpt")
 GAMES = ("CartPole-v1", "MountainCar-v0")
 
