@@ -133,3 +133,15 @@ def test_the_mixed_demo_benchmark_writes_every_game_k_and_seed(ckpt, tmp_path):
     assert all(-200 <= float(r["return"]) <= 500 for r in rows)
     assert (tmp_path / "adapt_mixed_demo.png").exists() and "MountainCar-v0, training seed 0" in (
         tmp_path / "adapt_mixed_demo.md").read_text()
+
+
+def test_the_readme_mixed_api_example_runs_as_written(ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    blocks = (ROOT / "README.md").read_text().split("```python\n")
+    block = next(b.split("```", 1)[0] for b in blocks[1:] if "seed_cartpole_mountaincar_dynamics" in b)
+    code = block.replace("lightning_logs/seed_cartpole_mountaincar_dynamics/checkpoints/best.ckpt", str(ckpt))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "{'index': 1, 'family': 'mountaincar'}" in out.stdout
