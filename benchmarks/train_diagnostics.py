@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from runs import ROOT, readme_table
+from seeds import validation_curves
 
 from mamldqn_pl.report import write_csv
 
@@ -27,7 +28,7 @@ def windows(run: Path, k: int, width: int = 500) -> list[dict]:
     """One row per `width` meta-steps: mean of each diagnostic, and the validation return checked at its end."""
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    val = {int(r["step"]): float(r[f"meta_val/return_k{k}"]) for r in rows if r.get(f"meta_val/return_k{k}")}
+    val = dict(validation_curves(run)[k])
     out = []
     for end in sorted(val):
         inside = [r for r in rows if r.get(KEYS[0]) and end - width <= int(r["step"]) < end]

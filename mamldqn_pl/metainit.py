@@ -46,10 +46,8 @@ class MemberQNetwork(nn.Module):
         super().__init__()
         self.net, self.view = net, view
         self.register_buffer("scale", torch.tensor(view.scale, dtype=torch.float32))
-        tail = torch.zeros(view.obs_dim - view.raw_dim)
-        if view.one_hot:
-            tail[view.state_dim - view.raw_dim + view.member] = 1.0
-        self.register_buffer("tail", tail)
+        # what follows the scaled state (zeros, the one-hot) does not depend on it: the view's own padding of 0
+        self.register_buffer("tail", torch.from_numpy(view.obs(np.zeros((1, view.raw_dim)))[0, view.raw_dim:]))
 
     def forward(self, obs: Tensor) -> Tensor:
         """Q-values of the member's actions for observations [..., raw_dim]."""

@@ -462,8 +462,7 @@ class MAMLDQN(pl.LightningModule):
     @torch.no_grad()
     def _grad_norm(self) -> Tensor:
         """The meta-gradient's 2-norm before clipping (what grad_clip compares against)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        return _global_norm([p.grad for p in self.parameters() if p.grad is not None])
 
     @torch.no_grad()
     def diagnostics(self, batch: dict) -> dict[str, Tensor]:
@@ -472,8 +471,8 @@ class MAMLDQN(pl.LightningModule):
         2-norm (weights that keep growing)."""
         obs, actions = batch["query"]["obs"], batch["query"]["actions"]
         q = self.net(obs).gather(-1, actions.long().unsqueeze(-1))
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p) for p in self.net.parameters()]))
-        return {"train/q_taken": q.mean(), "train/q_taken_absmax": q.abs().max(), "train/theta_norm": norm}
+        return {"train/q_taken": q.mean(), "train/q_taken_absmax": q.abs().max(),
+                "train/theta_norm": _global_norm(list(self.net.parameters()))}
 
     @contextlib.contextmanager
     def _weight_noise(self):
@@ -545,3 +544,8 @@ class MAMLDQN(pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [AdaptationReport()]
+
+
+def _global_norm(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of tensors taken as one vector (gradient clipping's total norm)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))

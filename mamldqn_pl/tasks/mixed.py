@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import gymnasium as gym
@@ -36,10 +37,14 @@ class MemberView:
     scale: tuple[float, ...]
     one_hot: bool
 
+    @cached_property
+    def _scale(self) -> np.ndarray:
+        return np.asarray(self.scale, dtype=np.float32)  # once: obs() runs at every env step of MixedEnv
+
     def obs(self, raw: np.ndarray) -> np.ndarray:
         """Padded observations [n, obs_dim] of the member's own [n, raw_dim]."""
         out = np.zeros((len(raw), self.obs_dim), dtype=np.float32)
-        out[:, : self.raw_dim] = raw / np.asarray(self.scale, dtype=np.float32)
+        out[:, : self.raw_dim] = raw / self._scale
         if self.one_hot:
             out[:, self.state_dim + self.member] = 1.0
         return out
