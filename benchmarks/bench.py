@@ -37,6 +37,8 @@ from mamldqn_pl import MAMLDQN, MetaDQNDataModule
 from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
 from mamldqn_pl.memory import keep_freed_memory
 from mamldqn_pl.meta import split_for_adaptation, td_loss
+from mamldqn_pl.meta.body import features
+from mamldqn_pl.meta.body import q_values as folded_q_values
 from mamldqn_pl.report import write_csv
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import make_family
@@ -148,10 +150,13 @@ def torch_func_objective(model: MAMLDQN, batch: dict) -> torch.Tensor:
     """The meta-objective as it was before issue 13 (the reference): separate body and theta^- passes over
     support and query (with autograd on both), and the vmapped torch.func inner loop."""
     split = split_for_adaptation(model.net, dict(model.net.named_parameters()), model.adapt)
-    support = model._inner_batch(split, batch["support"], None)
-    query = model._inner_batch(split, batch["query"], None)
-    inner = dataclasses.replace(model.inner, written_out=False)
-    return inner.meta_losses(split.q_fn, split.fast, support, query).mean()
+    fast_inner, model.inner = model.inner, dataclasses.replace(model.inner, written_out=False)
+    try:  # written_out=False also keeps theta^-'s forward the plain module's
+        support = model._inner_batch(split, batch["support"], None)
+        query = model._inner_batch(split, batch["query"], None)
+        return model.inner.meta_losses(split.q_fn, split.fast, support, query).mean()
+    finally:
+        model.inner = fast_inner
 
 
 def bare_step(model: MAMLDQN, batch: dict, opt: torch.optim.Optimizer, written_out: bool = True) -> None:
@@ -170,9 +175,9 @@ def floor_pass(model: MAMLDQN, batch: dict) -> None:
     obs = torch.cat([batch["support"]["obs"], batch["query"]["obs"]], 1).flatten(0, 1)
     next_obs = torch.cat([batch["support"]["next_obs"], batch["query"]["next_obs"]], 1).flatten(0, 1)
     model.net.zero_grad()
-    model.net.body(obs).sum().backward()
+    features(model.net, obs).sum().backward()  # the body as the fast paths run it (meta.body)
     with torch.no_grad():
-        model.target_net(next_obs)
+        folded_q_values(model.target_net, next_obs)
 
 
 def meta_grads(model: MAMLDQN, batch: dict, written_out: bool = True) -> list[torch.Tensor]:

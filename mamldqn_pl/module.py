@@ -22,6 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
+from mamldqn_pl.meta.body import q_values as folded_q_values
 from mamldqn_pl.meta.dynamics import dynamics_fields, outcome_scale, outcomes
 from mamldqn_pl.meta.noise import relative_noise, step_seed
 from mamldqn_pl.meta.qnet import AdaptSplit
@@ -338,8 +339,15 @@ class MAMLDQN(pl.LightningModule):
         """Inputs of the fast part and fixed TD targets from theta^- (a' from theta with double_dqn) for a
         [tasks, N] batch; with `refresh` also what the solver reads from a support beyond them (`_solver_fields`)."""
         batch = {"x": split.encode(data["obs"]), "actions": data["actions"],
-                 "target": self._td_targets(data, self.target_net, mask)}
+                 "target": self._td_targets(data, self._theta_minus(), mask)}
         return batch | self._solver_fields(split, data, batch["x"], mask) if refresh else batch
+
+    def _theta_minus(self) -> Callable[[Tensor], Tensor]:
+        """theta^-'s Q-function for TD targets: on the fast paths with its body folded (`meta.body`, bitwise
+        target_net's own forward with fewer passes over the rows), else target_net itself (the reference)."""
+        if self.inner.written_out:
+            return lambda obs: folded_q_values(self.target_net, obs)
+        return self.target_net
 
     def _solver_fields(self, split: AdaptSplit, data: dict[str, Tensor], x: Tensor,
                        mask: Tensor | None) -> dict[str, Tensor]:
@@ -409,7 +417,8 @@ class MAMLDQN(pl.LightningModule):
         """The objective to backpropagate and, per task, the query TD loss before (only `with_pre`: it costs
         a pass) and after adaptation. MAML family: L_M(theta). Multitask: the TD loss on all of the batch.
         Reptile: a surrogate whose gradient is theta - mean(adapted theta)."""
-        split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt)
+        split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt,
+                                     folded=self.inner.written_out)
         support, query = self._support_and_query(split, batch)
         if self.algorithm == "multitask":
             joined = {k: torch.cat([support[k], query[k]], dim=1) for k in support}
