@@ -430,7 +430,22 @@ def test_reference_policy_climbs_every_mountaincar_task_of_the_mixed_config(tmp_
     env = dm.family.members[1].make_env(task)
     assert reference_policies.play(env, lambda obs: 2, 0) == -200.0  # always right: never over the hill
     reference_policies.main(["--configs", "mountaincar", "--out", str(tmp_path), "--name", "ref"])
-    assert "| mountaincar | held out | 60 |" in (tmp_path / "ref.md").read_text()
+    assert "| mountaincar | held out | energy pumping | 60 |" in (tmp_path / "ref.md").read_text()
+
+
+def test_reference_policy_swings_up_every_acrobot_task():
+    """The Acrobot rule (torque the way the second joint turns) on the acrobot config's own tasks: it ends every
+    episode (above -500, the limit), which constant torque does not."""
+    import reference_policies
+
+    rows = reference_policies.rows_of("acrobot", episodes=1, seeds=(0,))
+    assert len(rows) == 16 + 20 and all(-500 < r["return"] < -40 for r in rows)
+    assert {r["policy"] for r in rows} == {"swing with the elbow"}
+    from mamldqn_pl import MetaDQNDataModule
+
+    dm = MetaDQNDataModule(family="acrobot")
+    env = dm.family.make_env(dm.test_tasks[0])
+    assert reference_policies.play(env, lambda obs: 2, 0) == -500.0
 
 
 def test_train_diagnostics_reads_a_runs_logged_q_values_norms_and_validation(tmp_path):
