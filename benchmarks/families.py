@@ -180,7 +180,7 @@ def main() -> None:
         with open(out / f"{args.name}.csv") as f:
             rows = [{"checkpoint": "best", **r, **{c: int(r[c]) for c in ("k", "budget", "n", "chosen_k")},
                      **{c: float(r[c]) for c in ("mean", "iqm", "ci_low", "ci_high")}} for r in csv.DictReader(f)]
-        write_outputs(rows, out, args.name, len(args.seeds))
+        write_outputs(rows, out, args.name, seeds_in(rows))
         return
     runs_dir, extra = Path(args.runs), shlex.split(args.extra_args)
     own = {"meta-init": shlex.split(args.meta_extra_args), "multitask": shlex.split(args.multitask_extra_args)}
@@ -206,6 +206,18 @@ def main() -> None:
     write_csv(out / f"{args.name}.csv", COLUMNS, rows)
     write_outputs(rows, out, args.name, len(args.seeds))
     print(f"\nwrote {args.name}.csv/.md/.png to {out}; wall time {time.time() - start:.0f} s")
+
+
+def seeds_in(rows: list[dict]) -> int:
+    """The training seeds behind a csv's rows: a meta-init row's n (tasks x evaluation seeds x training seeds) over
+    the scratch row's of the same config, group, K and budget (scratch has no training seeds). What --table-only
+    labels the rows with, whatever --seeds says."""
+    scratch = {(r["config"], r["group"], r["k"], r["budget"]): r["n"] for r in rows if r["init"] == "scratch"}
+    counts = {round(r["n"] / scratch[key]) for r in rows if r["init"] == "meta-init"
+              and (key := (r["config"], r["group"], r["k"], r["budget"])) in scratch}
+    if len(counts) != 1:
+        raise SystemExit(f"cannot tell the training seeds from the csv's rows (meta-init n / scratch n: {counts})")
+    return counts.pop()
 
 
 def write_outputs(rows: list[dict], out: Path, name: str, seeds: int) -> None:

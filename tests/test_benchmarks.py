@@ -468,3 +468,18 @@ def test_train_diagnostics_reads_a_runs_logged_q_values_norms_and_validation(tmp
     (old / "metrics.csv").write_text("step,meta_val/return_k3,train/meta_loss\n10,5.0,\n10,,1.0\n")
     with pytest.raises(SystemExit, match="no train/q_taken"):
         train_diagnostics.main(["--runs", str(old), "--k", "3", "--out", str(tmp_path)])
+
+
+def test_families_table_only_counts_the_training_seeds_from_the_csv():
+    """--table-only labels the rows with the seeds behind them (a meta-init row's n over scratch's), not with
+    --seeds, which a rerun of the table may leave at its default; rows that disagree are refused."""
+    import families
+
+    rows = [{"config": "c", "init": "scratch", "group": "all", "k": 1, "budget": 200, "n": 60},
+            {"config": "c", "init": "meta-init", "group": "all", "k": 1, "budget": 200, "n": 300},
+            {"config": "c", "init": "multitask", "group": "all", "k": 1, "budget": 200, "n": 300}]
+    assert families.seeds_in(rows) == 5
+    rows.append({"config": "c", "init": "meta-init", "group": "all", "k": 3, "budget": 200, "n": 180})
+    rows.append({"config": "c", "init": "scratch", "group": "all", "k": 3, "budget": 200, "n": 60})
+    with pytest.raises(SystemExit, match="cannot tell the training seeds"):
+        families.seeds_in(rows)
