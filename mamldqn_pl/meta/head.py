@@ -103,7 +103,9 @@ class LinearHeadMetaLoss(torch.autograd.Function):
             g_p = torch.baddbmm(c_b.unsqueeze(1), xs, c_w.transpose(1, 2))  # [T, N, A]
             r = onehot_s * ((g_p * onehot_s).sum(-1) * ctx.curvatures[k] * coef_s).unsqueeze(-1)
             if want_xs:  # xs enters both as the step's input and through the errors: one product for the two
-                g_xs = add(g_xs, torch.bmm(torch.cat([ctx.ps[k], r], 2), torch.cat([c_w, ws[k]], 1)))
+                a, b = torch.cat([ctx.ps[k], r], 2), torch.cat([c_w, ws[k]], 1)
+                # accumulated inside the product (bitwise the sum of a fresh product: one pass over g_xs less)
+                g_xs = torch.bmm(a, b) if g_xs is None else g_xs.baddbmm_(a, b)
             g_w = g_w + torch.bmm(r.transpose(1, 2), xs)
             g_b = g_b + r.sum(1)
         return (g_w.sum(0), g_b.sum(0), g_xs, None, None, g_xq, None, None, None, None, None, None, None, None)
