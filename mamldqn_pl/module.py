@@ -305,7 +305,7 @@ class MAMLDQN(pl.LightningModule):
         and in the returned function, which the collector calls under no_grad): the adapted weights are new
         tensors that never reach theta, and no meta-gradient flows."""
         params = dict(self.net.named_parameters())  # the module's own: the body runs without functional_call
-        split = split_for_adaptation(self.net, params, self.adapt)
+        split = split_for_adaptation(self.net, params, self.adapt, folded=self.inner.written_out)
         support = {k: v.to(self.device) for k, v in support.items()}
         mask = None if mask is None else mask.to(self.device)  # the collector's masks live on the CPU
         fast = self.inner.adapted_no_grad(split.q_fn, split.fast, self._inner_batch(split, support, mask))
