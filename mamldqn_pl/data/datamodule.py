@@ -99,6 +99,11 @@ class MetaDQNDataModule(pl.LightningDataModule):
             at meta-test. Why: theta^- does not know a task's flip, so its values are those of a pole that
             nobody controls (about a dozen steps on CartPole); one-step targets from it see the track's edge
             only a few steps ahead, while the adapted policies' own rewards reach as far as the window.
+        explore_duration: > 1: meta-training's collection (warm starts included) explores in runs: an exploratory
+            action is held for a duration drawn uniformly from 1..explore_duration steps (temporally extended
+            epsilon-greedy, Dabney et al. 2021; `collector.extended_epsilon_greedy`). Meta-test, validation and
+            `adapt` collect as before. Why: on Acrobot a DQN whose greedy play never reaches the goal sees
+            only per-step random actions, which dither in place; held ones swing the links up.
         n_val_tasks, n_test_tasks: sizes of the validation and held-out test task sets.
         train_seed, val_seed, test_seed: seeds of the three task sets (must differ).
     """
@@ -129,6 +134,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         collection: str = "current",
         n_step: int = 1,
         query_n_step: int = 1,
+        explore_duration: int = 1,
         n_val_tasks: int = 16,
         n_test_tasks: int = 20,
         train_seed: int = 0,
@@ -161,6 +167,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
                 f"data.retire_after: {retire_after} must be 0 (never) or above learning_starts = {learning_starts}")
         require(isinstance(retire_every, int) and retire_every >= 1,
                 f"data.retire_every: {retire_every!r} must be an integer >= 1")
+        require(isinstance(explore_duration, int) and explore_duration >= 1,
+                f"data.explore_duration: {explore_duration!r} must be an integer >= 1 (1: plain epsilon-greedy)")
         require(support_from in ("random", "warm_start"), f"data.support_from: {support_from!r}; allowed: random, "
                 "warm_start")
         if support_from == "warm_start":
@@ -256,7 +264,7 @@ class MetaDQNDataModule(pl.LightningDataModule):
         keep = hp.adapt_budget if hp.support_from == "warm_start" else 0
         self.buffers = ReplayBuffers(hp.pool_size, hp.buffer_capacity, self.obs_dim, keep_first=keep,
                                      n_step=hp.n_step)
-        self.collector = Collector(self.env, self.buffers, self.generator)
+        self.collector = Collector(self.env, self.buffers, self.generator, hp.explore_duration)
         self.warm = np.zeros(hp.pool_size, dtype=bool)
         self._pending = None
         self._built = True
@@ -398,6 +406,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
             "running_return": self.collector.running_return.clone(),
             "env_steps": self.collector.env_steps.clone(),
             "warm": torch.from_numpy(self.warm.copy()),
+            **({"explore": (self.collector.explore_left.clone(), self.collector.explore_action.clone())}
+               if self.hparams.explore_duration > 1 else {}),
             "batches": self.batches,
             "rng": {
                 "task": self.task_generator.get_state(),
@@ -437,6 +447,8 @@ class MetaDQNDataModule(pl.LightningDataModule):
         self.collector.running_return = state["running_return"].clone()
         self.collector.env_steps = state["env_steps"].clone()
         self.warm = state["warm"].numpy().copy()
+        if "explore" in state:
+            self.collector.explore_left, self.collector.explore_action = (t.clone() for t in state["explore"])
         self.batches = state["batches"]
         self.task_generator.set_state(state["rng"]["task"])
         self.generator.set_state(state["rng"]["collect"])
