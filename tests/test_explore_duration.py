@@ -79,9 +79,10 @@ def test_a_new_task_starts_without_a_run_in_progress():
     assert (collector.explore_left[:16] == 0).all() and (collector.explore_left[16:] > 0).any()
 
 
-def data(duration: int) -> MetaDQNDataModule:
+def data(duration: int, collection: str = "current") -> MetaDQNDataModule:
     torch.manual_seed(0)
-    dm = MetaDQNDataModule(**{**SMALL_DATA, "family": "acrobot", "explore_duration": duration})
+    dm = MetaDQNDataModule(**{**SMALL_DATA, "family": "acrobot", "explore_duration": duration,
+                              "collection": collection})
     dm.attach_policy(lambda obs: torch.zeros(len(obs), 3), lambda: 0.5)
     dm.setup("fit")
     return dm
@@ -100,6 +101,18 @@ def test_the_runs_are_part_of_the_data_state_so_a_resume_collects_the_same_batch
         assert torch.equal(a["support"]["actions"], b["support"]["actions"])
         assert torch.equal(a["query"]["obs"], b["query"]["obs"])
     assert "explore" not in data(1).state_dict()["ranks"][0]  # the default's checkpoints are as they were
+
+
+def test_the_collection_process_explores_in_the_same_runs_as_ahead():
+    """data.collection process keeps the runs in its own collector: its batches and data state equal ahead's."""
+    batches, states = [], []
+    for collection in ("ahead", "process"):
+        dm = data(6, collection)
+        batches.append([dm.next_batch()["query"]["actions"] for _ in range(4)])
+        states.append(dm.state_dict()["ranks"][0]["explore"])
+        dm.teardown("fit")
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
+    assert all(torch.equal(a, b) for a, b in zip(*states))
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])
