@@ -483,3 +483,16 @@ def test_families_table_only_counts_the_training_seeds_from_the_csv():
     rows.append({"config": "c", "init": "scratch", "group": "all", "k": 3, "budget": 200, "n": 60})
     with pytest.raises(SystemExit, match="cannot tell the training seeds"):
         families.seeds_in(rows)
+
+
+def test_body_speed_times_the_step_with_and_without_meta_body_and_restores_it(tmp_path, monkeypatch, capsys):
+    """benchmarks/body_speed.py's smoke run: one round per order, a row each, and the module's fast path left
+    running meta.body afterwards (the benchmark swaps the body in and out)."""
+    from mamldqn_pl.meta import body, qnet
+
+    code, out, _ = script("body_speed", ["--rounds", "1", "--repeats", "1", "--out", str(tmp_path)], monkeypatch,
+                          capsys)
+    assert code == 0
+    table = (tmp_path / "body_speed.md").read_text()
+    assert "| second |" in table and "| first |" in table
+    assert qnet.features is body.features
