@@ -496,3 +496,14 @@ def test_body_speed_times_the_step_with_and_without_meta_body_and_restores_it(tm
     table = (tmp_path / "body_speed.md").read_text()
     assert "| second |" in table and "| first |" in table
     assert qnet.features is body.features
+
+
+def test_explore_duration_counts_the_episodes_random_play_ends(tmp_path, monkeypatch, capsys):
+    """benchmarks/explore_duration.py's smoke run: one row per duration, per-step random play ends no episode
+    on the family's tasks in 300 steps, held actions end some."""
+    code, out, _ = script("explore_duration", ["--durations", "1", "8", "--steps", "300", "--out", str(tmp_path)],
+                          monkeypatch, capsys)
+    assert code == 0
+    rows = {int(r["explore_duration"]): int(r["reached_goal"])
+            for r in csv.DictReader(open(tmp_path / "explore_duration.csv"))}
+    assert rows[1] == 0 and rows[8] > 0
