@@ -38,7 +38,7 @@ from mamldqn_pl.cli import MAMLDQNCLI, TRAINER_DEFAULTS
 from mamldqn_pl.memory import keep_freed_memory
 from mamldqn_pl.meta import split_for_adaptation, td_loss
 from mamldqn_pl.meta.body import features
-from mamldqn_pl.meta.body import q_values as folded_q_values
+from mamldqn_pl.meta.body import q_values as body_q_values
 from mamldqn_pl.report import write_csv
 from mamldqn_pl.seeding import make_generator
 from mamldqn_pl.tasks import make_family
@@ -177,7 +177,7 @@ def floor_pass(model: MAMLDQN, batch: dict) -> None:
     model.net.zero_grad()
     features(model.net, obs).sum().backward()  # the body as the fast paths run it (meta.body)
     with torch.no_grad():
-        folded_q_values(model.target_net, next_obs)
+        body_q_values(model.target_net, next_obs)
 
 
 def meta_grads(model: MAMLDQN, batch: dict, written_out: bool = True) -> list[torch.Tensor]:

@@ -30,7 +30,7 @@ from mamldqn_pl.report import write_csv
 def use_plain_body(plain: bool) -> None:
     """The fast path's body as it runs now (meta.body), or the plain modules in its place."""
     qnet.features = (lambda net, obs: net.body(obs)) if plain else body.features
-    module.folded_q_values = (lambda net, obs: net(obs)) if plain else body.q_values
+    module.body_q_values = (lambda net, obs: net(obs)) if plain else body.q_values
 
 
 def timed_step(model: MAMLDQN, batch: dict, opt, plain: bool) -> None:

@@ -22,7 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 from mamldqn_pl.callbacks import AdaptationReport
 from mamldqn_pl.errors import require
 from mamldqn_pl.meta import InnerLoop, QNetwork, batch_targets, batched_q, split_for_adaptation
-from mamldqn_pl.meta.body import q_values as folded_q_values
+from mamldqn_pl.meta.body import q_values as body_q_values
 from mamldqn_pl.meta.dynamics import dynamics_fields, outcome_scale, outcomes
 from mamldqn_pl.meta.noise import relative_noise, step_seed
 from mamldqn_pl.meta.qnet import AdaptSplit
@@ -305,7 +305,7 @@ class MAMLDQN(pl.LightningModule):
         and in the returned function, which the collector calls under no_grad): the adapted weights are new
         tensors that never reach theta, and no meta-gradient flows."""
         params = dict(self.net.named_parameters())  # the module's own: the body runs without functional_call
-        split = split_for_adaptation(self.net, params, self.adapt, folded=self.inner.written_out)
+        split = split_for_adaptation(self.net, params, self.adapt, fast_body=self.inner.written_out)
         support = {k: v.to(self.device) for k, v in support.items()}
         mask = None if mask is None else mask.to(self.device)  # the collector's masks live on the CPU
         fast = self.inner.adapted_no_grad(split.q_fn, split.fast, self._inner_batch(split, support, mask))
@@ -343,10 +343,10 @@ class MAMLDQN(pl.LightningModule):
         return batch | self._solver_fields(split, data, batch["x"], mask) if refresh else batch
 
     def _theta_minus(self) -> Callable[[Tensor], Tensor]:
-        """theta^-'s Q-function for TD targets: on the fast paths with its body folded (`meta.body`, bitwise
-        target_net's own forward with fewer passes over the rows), else target_net itself (the reference)."""
+        """theta^-'s Q-function for TD targets: on the fast paths with the body pass of `meta.body` (bitwise
+        target_net's own forward, fewer passes over the rows), else target_net itself (the reference)."""
         if self.inner.written_out:
-            return lambda obs: folded_q_values(self.target_net, obs)
+            return lambda obs: body_q_values(self.target_net, obs)
         return self.target_net
 
     def _solver_fields(self, split: AdaptSplit, data: dict[str, Tensor], x: Tensor,
@@ -418,7 +418,7 @@ class MAMLDQN(pl.LightningModule):
         a pass) and after adaptation. MAML family: L_M(theta). Multitask: the TD loss on all of the batch.
         Reptile: a surrogate whose gradient is theta - mean(adapted theta)."""
         split = split_for_adaptation(self.net, dict(self.net.named_parameters()), self.adapt,
-                                     folded=self.inner.written_out)
+                                     fast_body=self.inner.written_out)
         support, query = self._support_and_query(split, batch)
         if self.algorithm == "multitask":
             joined = {k: torch.cat([support[k], query[k]], dim=1) for k in support}

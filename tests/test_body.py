@@ -57,8 +57,8 @@ def test_the_module_runs_the_rewritten_body_on_its_fast_paths_only(monkeypatch):
     model = MAMLDQN(algorithm="anil", hidden=[16, 16])
     calls = []
     monkeypatch.setattr("mamldqn_pl.meta.qnet.features", lambda net, obs: calls.append("features") or net.body(obs))
-    monkeypatch.setattr("mamldqn_pl.module.folded_q_values", lambda net, obs: calls.append("q") or net(obs))
-    split = split_for_adaptation(model.net, dict(model.net.named_parameters()), "head", folded=True)
+    monkeypatch.setattr("mamldqn_pl.module.body_q_values", lambda net, obs: calls.append("q") or net(obs))
+    split = split_for_adaptation(model.net, dict(model.net.named_parameters()), "head", fast_body=True)
     split.encode(torch.zeros(2, 4))
     assert calls == ["features"]
     model._theta_minus()(torch.zeros(2, 4))
@@ -88,5 +88,5 @@ def test_the_meta_step_is_bitwise_what_it_was_with_the_plain_body(monkeypatch, f
 
     rewritten = meta_grad()
     monkeypatch.setattr("mamldqn_pl.meta.qnet.features", lambda net, obs: net.body(obs))
-    monkeypatch.setattr("mamldqn_pl.module.folded_q_values", lambda net, obs: net(obs))
+    monkeypatch.setattr("mamldqn_pl.module.body_q_values", lambda net, obs: net(obs))
     assert all(torch.equal(a, b) for a, b in zip(rewritten, meta_grad()))

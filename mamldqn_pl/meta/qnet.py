@@ -85,17 +85,17 @@ class AdaptSplit:
     outcome_head: Callable[[Tensor], Tensor] | None = None  # features -> the `dyn` head's outputs (head-only)
 
 
-def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str, folded: bool = False) -> AdaptSplit:
+def split_for_adaptation(net: QNetwork, params: FastWeights, adapt: str, fast_body: bool = False) -> AdaptSplit:
     """Split `params` (a dict of net's parameters, e.g. dict(net.named_parameters())) by adaptation mode.
-    `folded`: with net's own parameters, `encode` runs the body with its biases folded into the products
-    (`meta.body`: bitwise net.body, fewer passes over the rows; the meta-step's fast paths)."""
+    `fast_body`: with net's own parameters, `encode` is `meta.body.features` (bitwise net.body, fewer passes over
+    the rows; the meta-step's fast paths)."""
     if adapt == "head":
         body = _strip(params, "body.")
         own = all(params.get(k) is p for k, p in net.named_parameters())  # then skip functional_call's swapping
         plain = net.body if own else lambda obs: functional_call(net.body, body, (obs,))
         return AdaptSplit(
             fast={k: v for k, v in params.items() if k.startswith("head.")},
-            encode=(lambda obs: features(net, obs)) if own and folded else plain,
+            encode=(lambda obs: features(net, obs)) if own and fast_body else plain,
             q_fn=lambda fast, x: functional_call(net.head, _strip(fast, "head."), (x,)),
             batched_q_fn=lambda fast, x: per_task_linear(x, fast["head.weight"], fast["head.bias"]),
             outcome_head=None if net.dyn is None else net.dyn if own else (
