@@ -7,11 +7,12 @@ targets (what is reachable on the config's physics ranges, in 200 steps for Moun
 Neither policy learns anything. MountainCar: energy pumping, push in the direction the car moves (right when the
 velocity is > 0, else left), so every swing adds energy until the car clears the hill. Acrobot: torque the way the
 second joint turns (+1 when its angular velocity is > 0, else -1), which pumps energy into the swing; it was picked
-among five such one-line rules on gymnasium's own Acrobot-v1 (20 episodes: -77.9; the first joint's way -500, its
-opposite -88.3), never on a config's tasks. The protocol is meta-test's: every validation and held-out task of the
-config (its MountainCar or Acrobot tasks; a mixed config's member of that game), 3 evaluation seeds x 5 episodes,
-each episode's start drawn by gymnasium's reset with a seed of its own. Writes docs/results/NAME.{csv,md}: mean, IQM
-and 95% bootstrap CI over tasks x seeds per config and task set.
+in a quick check (not a committed script) among five such one-line rules on gymnasium's own Acrobot-v1, 20 episodes
+each (this one -77.9; the first joint's way -500, its opposite -88.3), never on a config's tasks. The protocol
+is meta-test's: every validation and held-out task of the config (its MountainCar or Acrobot tasks; a mixed
+config's member of that game), 3 evaluation seeds x 5 episodes, each episode's start drawn by gymnasium's reset
+with a seed of its own. Writes docs/results/NAME.{csv,md}: mean, IQM and 95% bootstrap CI over tasks x seeds per
+config and task set.
 """
 
 from __future__ import annotations
