@@ -352,9 +352,8 @@ def test_a_plain_network_has_no_outcome_head():
 
 def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
     """The README's dynamics rows were trained as the base config plus these flags (benchmarks/families.py
-    --variant nstep3_dyn_ema for mountaincar_flip, nstep3_dyn_ema_12k_rs for acrobot_flip, nstep3_dyn_ema_12k_rs_ez8
-    for acrobot); the shipped
-    configs must stay exactly that."""
+    --variant nstep3_dyn_ema for mountaincar_flip, nstep3_dyn_ema_12k_rs_ez8 for acrobot_flip and acrobot); the
+    shipped configs must stay exactly that."""
     import yaml
     from conftest import ROOT
 
@@ -367,8 +366,7 @@ def test_the_dynamics_configs_are_their_base_configs_with_the_screened_flags():
             assert shipped["data"].pop("epsilon_adapt") == 1.0  # the twentieth session's random support
             assert shipped["trainer"]["max_steps"] == 12000
             shipped["trainer"]["max_steps"] = base["trainer"]["max_steps"]
-        if name == "acrobot":
-            assert shipped["data"].pop("explore_duration") == 8  # the twenty-fourth session's runs
+            assert shipped["data"].pop("explore_duration") == 8  # the twenty-fourth session's held exploration
         assert shipped.pop("run_dir") == f"lightning_logs/{name}_dynamics"
         assert base.pop("run_dir") == f"lightning_logs/{name}"
         assert shipped == base
