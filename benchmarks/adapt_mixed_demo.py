@@ -19,7 +19,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from runs import ROOT, readme_table
+from runs import ROOT, publish_table
 
 from mamldqn_pl.metainit import MetaInit
 from mamldqn_pl.report import write_csv
@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"{args.name}.png", dpi=110)
-    (out / f"{args.name}.md").write_text(table + "\n")
-    print(table)
-    if out.resolve() == (ROOT / "docs/results").resolve():
-        readme_table(args.name, table)
+    publish_table(out, args.name, table)
     print(f"wrote {args.name}.csv, .md and .png to {out}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from bench import bare_step, paired_medians, random_batch
-from runs import ROOT, readme_table
+from runs import ROOT, publish_table
 
 import mamldqn_pl.module as module
 from mamldqn_pl.memory import keep_freed_memory
@@ -73,10 +73,7 @@ def main() -> None:
         lines.append(f"| {order} | {med['reference_ms']:.2f} ms | {med['plain_body_ms']:.2f} ms | "
                      f"{med['meta_body_ms']:.2f} ms | {then} | {now} |")
     table = "\n".join(lines)
-    (out / "body_speed.md").write_text(table + "\n")
-    print(table)
-    if out.resolve() == (ROOT / "docs/results").resolve():
-        readme_table("body_speed", table)
+    publish_table(out, "body_speed", table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runs import ROOT, readme_table
+from runs import ROOT, publish_table
 
 from mamldqn_pl.data import Collector, ReplayBuffers
 from mamldqn_pl.report import write_csv
@@ -54,10 +54,7 @@ def main() -> None:
     lines += [f"| {r['explore_duration']} | {r['episodes']} | {r['reached_goal']} | {r['mean_return_reached']:.0f} |"
               for r in rows]
     table = "\n".join(lines)
-    (out / "explore_duration.md").write_text(table + "\n")
-    print(table)
-    if out.resolve() == (ROOT / "docs/results").resolve():
-        readme_table("explore_duration", table)
+    publish_table(out, "explore_duration", table)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from runs import ROOT, readme_table
+from runs import ROOT, publish_table
 
 from mamldqn_pl import MetaDQNDataModule
 from mamldqn_pl.report import summarize, write_csv
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {config} | {'validation' if split == 'val' else 'held out'} | {policy} | {s['n']} | "
                      f"{s['mean']:.1f} [{s['ci_low']:.1f}, {s['ci_high']:.1f}] | {s['iqm']:.1f} | {worst:.1f} |")
     table = "\n".join(lines)
-    (out / f"{args.name}.md").write_text(table + "\n")
-    print(table)
-    if out.resolve() == (ROOT / "docs/results").resolve():
-        readme_table(args.name, table)
+    publish_table(out, args.name, table)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,15 @@ def readme_table(name: str, table: str) -> None:
     print(f"no <!-- {name}.md --> markers in README.md or docs/*.md: the table is only in its own .md file", flush=True)
 
 
+def publish_table(out: Path, name: str, table: str) -> None:
+    """A benchmark's markdown table: into out/NAME.md, to stdout, and, when `out` is docs/results, between the
+    table's markers in the README or docs (`readme_table`)."""
+    (out / f"{name}.md").write_text(table + "\n")
+    print(table)
+    if out.resolve() == (ROOT / "docs/results").resolve():
+        readme_table(name, table)
+
+
 def trained_budget(rows: list[dict]) -> str:
     """The trained budget among an adaptation.csv's rows: `test` runs adapt_budget x (1/4, 1/2, 1, 2)."""
     budgets = sorted({int(r["budget"]) for r in rows})

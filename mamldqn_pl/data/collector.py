@@ -56,11 +56,12 @@ def extended_epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generato
     `left` and `held` (these rows' steps left in their run and its action) are updated in place."""
     explore, random_actions, counts = _exploration_draws(*q.shape, epsilon, generator, counts)
     durations = torch.randint(1, max_duration + 1, (q.shape[0],), generator=generator).numpy()
+    random_actions = random_actions.numpy()
     in_run, start = left > 0, explore.numpy() & (left == 0)
-    greedy = random_actions if epsilon >= 1.0 else masked_argmax(q, counts).cpu()  # every row explores at 1
-    actions = np.where(in_run, held, np.where(start, random_actions.numpy(), greedy.numpy()))
+    greedy = random_actions if epsilon >= 1.0 else masked_argmax(q, counts).cpu().numpy()  # all explore at 1
+    actions = np.where(in_run, held, np.where(start, random_actions, greedy))
     left[:] = np.where(in_run, left - 1, np.where(start, durations - 1, 0))
-    held[:] = np.where(start, random_actions.numpy(), held)
+    held[:] = np.where(start, random_actions, held)
     return actions
 
 
